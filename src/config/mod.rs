@@ -1,0 +1,123 @@
+//! The plugin configuration: JSON in, a validated and compiled
+//! [`FilterConfig`] out, or a [`ConfigError`] naming the field.
+//!
+//! One section per stage, run in this order for each request:
+//! `jwt_authn`, then `ext_authz` (passthrough), then `upstream_credentials`.
+
+pub mod duration;
+mod error;
+pub mod unique_map;
+
+pub use error::ConfigError;
+
+use crate::jwt::config::{JwtAuthn, RawJwtAuthn};
+use serde::Deserialize;
+
+/// Where secrets and JWKS given as `environment_variable` are looked up:
+/// in the VM, the variables Envoy passes through `vm_config.environment_variables`.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment (inside the VM: what Envoy passed to it).
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Environment for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilterConfig {
+    jwt_authn: Option<RawJwtAuthn>,
+}
+
+/// The compiled configuration shared by every request of a VM.
+#[derive(Debug, Default)]
+pub struct FilterConfig {
+    pub jwt_authn: Option<JwtAuthn>,
+}
+
+impl FilterConfig {
+    /// Parses and validates the plugin configuration. An empty configuration
+    /// is refused: a filter that does nothing is a mistake worth reporting.
+    pub fn from_json(bytes: &[u8], env: &dyn Environment) -> Result<FilterConfig, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new(
+                "",
+                "the plugin configuration is empty; set at least one of jwt_authn",
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawFilterConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(path, clean_serde_message(&e.inner().to_string()))
+        })?;
+        de.end()
+            .map_err(|e| ConfigError::new("", clean_serde_message(&e.to_string())))?;
+        let jwt_authn = raw
+            .jwt_authn
+            .map(|j| JwtAuthn::compile(j, env).map_err(|e| e.under("jwt_authn")))
+            .transpose()?;
+        if jwt_authn.is_none() {
+            return Err(ConfigError::new(
+                "",
+                "no stage is configured; set jwt_authn",
+            ));
+        }
+        Ok(FilterConfig { jwt_authn })
+    }
+}
+
+/// serde_json appends " at line 1 column 42"; the field path says more.
+fn clean_serde_message(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message.get(..i).unwrap_or(message).to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn unknown_top_level_field_is_named() {
+        let err =
+            FilterConfig::from_json(br#"{"jwt_authn": {}, "jwt_auth": {}}"#, &no_env).unwrap_err();
+        assert!(err.reason.contains("unknown field `jwt_auth`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_nested_field_has_its_path() {
+        let err = FilterConfig::from_json(
+            br#"{"jwt_authn": {"providers": {"p": {"isuer": "x"}}}}"#,
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(err.path.starts_with("jwt_authn.providers.p"), "{err}");
+        assert!(err.reason.contains("unknown field `isuer`"), "{err}");
+    }
+
+    #[test]
+    fn empty_and_invalid_json_are_refused() {
+        assert!(FilterConfig::from_json(b"", &no_env).is_err());
+        assert!(FilterConfig::from_json(b"{", &no_env).is_err());
+        assert!(FilterConfig::from_json(b"{}", &no_env).is_err());
+        assert!(FilterConfig::from_json(b"{} x", &no_env).is_err());
+        assert!(FilterConfig::from_json(&[0xff, 0xfe], &no_env).is_err());
+    }
+}

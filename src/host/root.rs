@@ -1,0 +1,89 @@
+//! Root context: compiles the configuration once per VM and hands each
+//! request a handle to it.
+
+use super::hostcalls;
+use super::http::HttpFilter;
+use crate::config::{FilterConfig, ProcessEnvironment};
+use crate::flow::WorkerState;
+use crate::stats::{self, Counter};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// What every request of this VM shares.
+pub struct Shared {
+    pub config: FilterConfig,
+    pub state: RefCell<WorkerState>,
+    /// Metric ids, indexed by `Counter::index`.
+    pub counters: Vec<Option<u32>>,
+}
+
+impl Shared {
+    pub fn count(&self, counter: Counter) {
+        if let Some(Some(id)) = self.counters.get(counter.index()) {
+            hostcalls::increment(*id);
+        }
+    }
+}
+
+pub struct Root {
+    context_id: u32,
+    shared: Option<Rc<Shared>>,
+}
+
+impl Root {
+    pub fn new(context_id: u32) -> Self {
+        Root {
+            context_id,
+            shared: None,
+        }
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        proxy_wasm::set_log_level(hostcalls::host_log_level());
+        let bytes = match hostcalls::plugin_configuration() {
+            Ok(b) => b,
+            Err(status) => {
+                log::error!("ai_auth: cannot read the plugin configuration: {status:?}");
+                return false;
+            }
+        };
+        let config = match FilterConfig::from_json(&bytes, &ProcessEnvironment) {
+            Ok(c) => c,
+            Err(e) => {
+                // One line naming the field and the reason; Envoy refuses the filter.
+                log::error!("ai_auth: {e}");
+                return false;
+            }
+        };
+        let counters = Counter::ALL
+            .iter()
+            .map(|c| hostcalls::define_counter(&format!("{}.{}", stats::PREFIX, c.name())).ok())
+            .collect();
+        let state = RefCell::new(WorkerState::new(&config));
+        log::info!(
+            "ai_auth: configuration loaded (root context {})",
+            self.context_id
+        );
+        self.shared = Some(Rc::new(Shared {
+            config,
+            state,
+            counters,
+        }));
+        true
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.as_ref().map(Rc::clone);
+        Some(Box::new(HttpFilter::new(context_id, shared)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,475 @@
+//! The `jwt_authn` section: field names and meaning follow Envoy's
+//! `envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`.
+
+use super::claims::{ClaimRule, RawClaimRule};
+use super::keys::{parse_jwks, KeySet};
+use crate::config::unique_map::UniqueMap;
+use crate::config::{duration, ConfigError, Environment};
+use crate::response::is_valid_header_value;
+use crate::route::{RawRouteMatch, RouteMatch};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Envoy's `jwt_cache_config` defaults: 100 tokens of at most 4 KiB.
+const DEFAULT_CACHE_SIZE: usize = 100;
+const DEFAULT_MAX_CACHED_TOKEN: usize = 4096;
+/// Tokens above this are refused before any parsing.
+const DEFAULT_MAX_TOKEN_SIZE: usize = 16 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtAuthn {
+    #[serde(default)]
+    providers: UniqueMap<RawProvider>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    bypass_cors_preflight: bool,
+    jwt_cache_config: Option<RawCacheConfig>,
+    max_token_size: Option<usize>,
+    /// `realm` of `WWW-Authenticate`; by default the request URL, as Envoy does.
+    www_authenticate_realm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCacheConfig {
+    jwt_cache_size: Option<usize>,
+    jwt_max_token_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    issuer: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    local_jwks: Option<RawDataSource>,
+    #[serde(default)]
+    from_headers: Vec<RawJwtHeader>,
+    #[serde(default)]
+    from_params: Vec<String>,
+    #[serde(default)]
+    from_cookies: Vec<String>,
+    #[serde(default)]
+    forward: bool,
+    clock_skew_seconds: Option<u64>,
+    #[serde(default)]
+    require_expiration: bool,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    max_lifetime: Option<Duration>,
+    #[serde(default)]
+    claim_to_headers: Vec<RawClaimToHeader>,
+    forward_payload_header: Option<String>,
+}
+
+/// Envoy's `DataSource`, the variants that make sense inside a VM.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataSource {
+    inline_string: Option<String>,
+    environment_variable: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtHeader {
+    name: String,
+    value_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimToHeader {
+    header_name: String,
+    claim_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match", default)]
+    route: RawRouteMatch,
+    requires: Option<RawRequirement>,
+    #[serde(default)]
+    claim_rules: Vec<RawClaimRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirement {
+    provider_name: Option<String>,
+    provider_and_audiences: Option<RawProviderAndAudiences>,
+    requires_any: Option<RawRequirementList>,
+    requires_all: Option<RawRequirementList>,
+    allow_missing: Option<Empty>,
+    allow_missing_or_failed: Option<Empty>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProviderAndAudiences {
+    provider_name: String,
+    audiences: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirementList {
+    requirements: Vec<RawRequirement>,
+}
+
+/// Where a provider looks for its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// Header, with an optional value prefix such as `Bearer ` (scheme matched case-insensitively).
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
+    Param(String),
+    Cookie(String),
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub keys: Arc<KeySet>,
+    pub locations: Vec<Location>,
+    pub forward: bool,
+    pub clock_skew: u64,
+    pub require_expiration: bool,
+    pub max_lifetime: Option<u64>,
+    /// (header name, claim path)
+    pub claim_to_headers: Vec<(String, Vec<String>)>,
+    pub forward_payload_header: Option<String>,
+}
+
+/// Envoy's `JwtRequirement`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// A provider's token must be valid; `audiences` replaces the provider's own list.
+    Provider {
+        provider: usize,
+        audiences: Option<Vec<String>>,
+    },
+    Any(Vec<Requirement>),
+    All(Vec<Requirement>),
+    /// Missing token passes; a present token must be valid.
+    AllowMissing,
+    /// Passes whatever the token; a valid token still yields its claims.
+    AllowMissingOrFailed,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub route: RouteMatch,
+    /// `None`: the route needs no JWT.
+    pub requirement: Option<Requirement>,
+    pub claim_rules: Vec<ClaimRule>,
+}
+
+#[derive(Debug)]
+pub struct JwtAuthn {
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    pub bypass_cors_preflight: bool,
+    pub cache_size: usize,
+    pub max_cached_token_size: usize,
+    pub max_token_size: usize,
+    pub realm: Option<String>,
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+impl JwtAuthn {
+    pub fn compile(raw: RawJwtAuthn, env: &dyn Environment) -> Result<Self, ConfigError> {
+        if raw.providers.0.is_empty() {
+            return Err(ConfigError::new(
+                "providers",
+                "at least one provider is required",
+            ));
+        }
+        let mut providers = Vec::new();
+        for (name, p) in raw.providers.0 {
+            let path = format!("providers.{name}");
+            providers.push(compile_provider(&name, p, env).map_err(|e| e.under(&path))?);
+        }
+        let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let path = format!("rules[{i}]");
+            let route = RouteMatch::compile(&r.route).map_err(|e| e.under("match").under(&path))?;
+            let requirement = r
+                .requires
+                .map(|req| {
+                    compile_requirement(req, &names).map_err(|e| e.under("requires").under(&path))
+                })
+                .transpose()?;
+            let claim_rules = r
+                .claim_rules
+                .into_iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    ClaimRule::compile(c).map_err(|e| e.under(&format!("{path}.claim_rules[{j}]")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !claim_rules.is_empty() && requirement.is_none() {
+                return Err(ConfigError::new(
+                    format!("{path}.claim_rules"),
+                    "claim rules need a `requires` that verifies a token",
+                ));
+            }
+            rules.push(Rule {
+                route,
+                requirement,
+                claim_rules,
+            });
+        }
+        if rules.is_empty() {
+            return Err(ConfigError::new(
+                "rules",
+                "at least one rule is required (a rule with no `requires` lets its routes through)",
+            ));
+        }
+        let cache = raw.jwt_cache_config.unwrap_or(RawCacheConfig {
+            jwt_cache_size: None,
+            jwt_max_token_size: None,
+        });
+        let max_token_size = raw.max_token_size.unwrap_or(DEFAULT_MAX_TOKEN_SIZE);
+        if max_token_size == 0 {
+            return Err(ConfigError::new("max_token_size", "must be greater than 0"));
+        }
+        Ok(JwtAuthn {
+            providers,
+            rules,
+            bypass_cors_preflight: raw.bypass_cors_preflight,
+            cache_size: cache.jwt_cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
+            max_cached_token_size: cache.jwt_max_token_size.unwrap_or(DEFAULT_MAX_CACHED_TOKEN),
+            max_token_size,
+            realm: raw.www_authenticate_realm,
+        })
+    }
+
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.providers.iter().position(|p| p.name == name)
+    }
+}
+
+fn compile_provider(
+    name: &str,
+    p: RawProvider,
+    env: &dyn Environment,
+) -> Result<Provider, ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new("", "provider name must not be empty"));
+    }
+    if let Some(iss) = &p.issuer {
+        if iss.is_empty() {
+            return Err(ConfigError::new("issuer", "must not be empty when set"));
+        }
+    }
+    if p.audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::new(
+            "audiences",
+            "an audience must not be empty",
+        ));
+    }
+    let jwks_source = p.local_jwks.ok_or_else(|| {
+        ConfigError::new("local_jwks", "a provider needs its keys: set local_jwks")
+    })?;
+    let jwks_text = match (jwks_source.inline_string, jwks_source.environment_variable) {
+        (Some(text), None) => text,
+        (None, Some(var)) => env.var(&var).ok_or_else(|| {
+            ConfigError::new(
+                "local_jwks.environment_variable",
+                format!("environment variable `{var}` is not set in the VM (vm_config.environment_variables)"),
+            )
+        })?,
+        _ => {
+            return Err(ConfigError::new(
+                "local_jwks",
+                "exactly one of inline_string, environment_variable must be set",
+            ))
+        }
+    };
+    let loaded = parse_jwks(&jwks_text).map_err(|e| ConfigError::new("local_jwks", e))?;
+
+    let mut locations = Vec::new();
+    for (i, h) in p.from_headers.iter().enumerate() {
+        let name = h.name.to_ascii_lowercase();
+        if !valid_header_name(&name) {
+            return Err(ConfigError::new(
+                format!("from_headers[{i}].name"),
+                "is not a valid header name",
+            ));
+        }
+        locations.push(Location::Header {
+            name,
+            prefix: h.value_prefix.clone().filter(|v| !v.is_empty()),
+        });
+    }
+    for (i, param) in p.from_params.iter().enumerate() {
+        if param.is_empty() {
+            return Err(ConfigError::new(
+                format!("from_params[{i}]"),
+                "must not be empty",
+            ));
+        }
+        locations.push(Location::Param(param.clone()));
+    }
+    for (i, cookie) in p.from_cookies.iter().enumerate() {
+        if cookie.is_empty() || cookie.contains([';', '=', ' ']) {
+            return Err(ConfigError::new(
+                format!("from_cookies[{i}]"),
+                "is not a valid cookie name",
+            ));
+        }
+        locations.push(Location::Cookie(cookie.clone()));
+    }
+    if locations.is_empty() {
+        // Envoy's default: `Authorization: Bearer <token>`, then `?access_token=`.
+        locations.push(Location::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        });
+        locations.push(Location::Param("access_token".into()));
+    }
+
+    let mut claim_to_headers = Vec::new();
+    for (i, c) in p.claim_to_headers.iter().enumerate() {
+        let header = c.header_name.to_ascii_lowercase();
+        if !valid_header_name(&header) {
+            return Err(ConfigError::new(
+                format!("claim_to_headers[{i}].header_name"),
+                "is not a valid header name",
+            ));
+        }
+        if c.claim_name.is_empty() || c.claim_name.split('.').any(str::is_empty) {
+            return Err(ConfigError::new(
+                format!("claim_to_headers[{i}].claim_name"),
+                "must be a claim name or a dotted path such as `realm_access.roles`",
+            ));
+        }
+        claim_to_headers.push((
+            header,
+            c.claim_name.split('.').map(str::to_string).collect(),
+        ));
+    }
+    if let Some(h) = &p.forward_payload_header {
+        if !valid_header_name(&h.to_ascii_lowercase()) {
+            return Err(ConfigError::new(
+                "forward_payload_header",
+                "is not a valid header name",
+            ));
+        }
+    }
+    if let Some(prefix) = locations.iter().find_map(|l| match l {
+        Location::Header {
+            prefix: Some(p), ..
+        } => (!is_valid_header_value(p)).then_some(p),
+        _ => None,
+    }) {
+        return Err(ConfigError::new(
+            "from_headers",
+            format!("value_prefix {prefix:?} has control characters"),
+        ));
+    }
+    let max_lifetime = p.max_lifetime.map(|d| d.as_secs());
+    if max_lifetime == Some(0) {
+        return Err(ConfigError::new(
+            "max_lifetime",
+            "must be at least one second",
+        ));
+    }
+    Ok(Provider {
+        name: name.to_string(),
+        issuer: p.issuer,
+        audiences: p.audiences,
+        keys: Arc::new(loaded.keys),
+        locations,
+        forward: p.forward,
+        clock_skew: p.clock_skew_seconds.unwrap_or(60),
+        require_expiration: p.require_expiration,
+        max_lifetime,
+        claim_to_headers,
+        forward_payload_header: p.forward_payload_header.map(|h| h.to_ascii_lowercase()),
+    })
+}
+
+fn compile_requirement(raw: RawRequirement, names: &[&str]) -> Result<Requirement, ConfigError> {
+    let find = |field: &str, name: &str| {
+        names.iter().position(|n| *n == name).ok_or_else(|| {
+            ConfigError::new(
+                field,
+                format!("provider `{name}` is not defined in providers"),
+            )
+        })
+    };
+    let list = |field: &str, l: RawRequirementList| -> Result<Vec<Requirement>, ConfigError> {
+        if l.requirements.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.requirements"),
+                "must not be empty",
+            ));
+        }
+        l.requirements
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                compile_requirement(r, names)
+                    .map_err(|e| e.under(&format!("{field}.requirements[{i}]")))
+            })
+            .collect()
+    };
+    let mut set = Vec::new();
+    if let Some(name) = raw.provider_name {
+        set.push(Requirement::Provider {
+            provider: find("provider_name", &name)?,
+            audiences: None,
+        });
+    }
+    if let Some(pa) = raw.provider_and_audiences {
+        if pa.audiences.is_empty() {
+            return Err(ConfigError::new(
+                "provider_and_audiences.audiences",
+                "must not be empty",
+            ));
+        }
+        set.push(Requirement::Provider {
+            provider: find("provider_and_audiences.provider_name", &pa.provider_name)?,
+            audiences: Some(pa.audiences),
+        });
+    }
+    if let Some(l) = raw.requires_any {
+        set.push(Requirement::Any(list("requires_any", l)?));
+    }
+    if let Some(l) = raw.requires_all {
+        set.push(Requirement::All(list("requires_all", l)?));
+    }
+    if raw.allow_missing.is_some() {
+        set.push(Requirement::AllowMissing);
+    }
+    if raw.allow_missing_or_failed.is_some() {
+        set.push(Requirement::AllowMissingOrFailed);
+    }
+    match (set.pop(), set.is_empty()) {
+        (Some(r), true) => Ok(r),
+        _ => Err(ConfigError::new(
+            "",
+            "exactly one of provider_name, provider_and_audiences, requires_any, requires_all, allow_missing, allow_missing_or_failed must be set",
+        )),
+    }
+}

@@ -1,0 +1,190 @@
+//! Every reason a JWT check can fail, and the one function that maps a reason
+//! to the HTTP answer (RFC 6750).
+
+use crate::response::{quoted_param_safe, LocalReply};
+
+/// One variant per distinct outcome, as Envoy's `jwt_authn` `status.h`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtError {
+    /// No token in any configured location.
+    Missing,
+    /// The token is not `header.payload.signature` in base64url without padding.
+    BadFormat(&'static str),
+    /// Header JSON invalid or lacking a required member.
+    BadHeader(&'static str),
+    /// Payload JSON invalid, or a registered claim of the wrong type.
+    BadPayload(&'static str),
+    /// `alg` is `none`, unknown, or not one Envoy's `jwt_authn` accepts.
+    UnsupportedAlg,
+    /// A header parameter we never trust (`jwk`, `jku`, `x5u`, `x5c`) or an unknown `crit`.
+    ForbiddenHeader(&'static str),
+    /// Too large for the configured limit.
+    TooLarge,
+    /// More than one token where one was expected (two `Authorization` lines...).
+    MultipleTokens,
+    /// `iss` does not match the provider.
+    UnknownIssuer,
+    /// `aud` has none of the allowed audiences.
+    AudienceNotAllowed,
+    Expired,
+    NotYetValid,
+    /// `require_expiration` and no `exp`.
+    ExpirationRequired,
+    /// `exp - iat` beyond `max_lifetime`, or `iat` missing when it is set.
+    LifetimeTooLong,
+    /// No key with this `kid`, or no key fitting the `alg`.
+    UnknownKid,
+    /// Signature does not verify.
+    BadSignature,
+    /// Keys are not available (remote JWKS not fetched yet or failing).
+    KeysUnavailable,
+    /// A claim rule failed on a valid token.
+    ClaimRuleFailed(String),
+}
+
+/// What a failure turns into on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub status: u16,
+    /// RFC 6750 error code for `WWW-Authenticate`; `None` for a missing token.
+    pub error: Option<&'static str>,
+    pub description: String,
+}
+
+impl JwtError {
+    /// Short text for `error_description` and logs (never token content).
+    pub fn description(&self) -> String {
+        match self {
+            JwtError::Missing => "Jwt is missing".into(),
+            JwtError::BadFormat(why) => format!("Jwt is malformed: {why}"),
+            JwtError::BadHeader(why) => format!("Jwt header is invalid: {why}"),
+            JwtError::BadPayload(why) => format!("Jwt payload is invalid: {why}"),
+            JwtError::UnsupportedAlg => "Jwt alg is not supported".into(),
+            JwtError::ForbiddenHeader(what) => format!("Jwt header {what} is not accepted"),
+            JwtError::TooLarge => "Jwt is too large".into(),
+            JwtError::MultipleTokens => "more than one Jwt in the request".into(),
+            JwtError::UnknownIssuer => "Jwt issuer is not configured".into(),
+            JwtError::AudienceNotAllowed => "Audiences in Jwt are not allowed".into(),
+            JwtError::Expired => "Jwt is expired".into(),
+            JwtError::NotYetValid => "Jwt not yet valid".into(),
+            JwtError::ExpirationRequired => "Jwt has no expiration".into(),
+            JwtError::LifetimeTooLong => "Jwt lifetime is longer than allowed".into(),
+            JwtError::UnknownKid => "Jwks has no key matching the Jwt kid and alg".into(),
+            JwtError::BadSignature => "Jwt verification fails".into(),
+            JwtError::KeysUnavailable => "Jwks is not available".into(),
+            JwtError::ClaimRuleFailed(claim) => format!("claim {claim} does not satisfy the rule"),
+        }
+    }
+
+    /// Short stable code for stats and Envoy response-code details.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JwtError::Missing => "missing",
+            JwtError::BadFormat(_) | JwtError::BadHeader(_) | JwtError::BadPayload(_) => {
+                "malformed"
+            }
+            JwtError::UnsupportedAlg => "unsupported_alg",
+            JwtError::ForbiddenHeader(_) => "forbidden_header",
+            JwtError::TooLarge => "too_large",
+            JwtError::MultipleTokens => "multiple_tokens",
+            JwtError::UnknownIssuer => "unknown_issuer",
+            JwtError::AudienceNotAllowed => "audience_not_allowed",
+            JwtError::Expired => "expired",
+            JwtError::NotYetValid => "not_yet_valid",
+            JwtError::ExpirationRequired => "expiration_required",
+            JwtError::LifetimeTooLong => "lifetime_too_long",
+            JwtError::UnknownKid => "unknown_kid",
+            JwtError::BadSignature => "bad_signature",
+            JwtError::KeysUnavailable => "jwks_unavailable",
+            JwtError::ClaimRuleFailed(_) => "claim_rule_failed",
+        }
+    }
+
+    /// The one place that maps a reason to status and RFC 6750 error code.
+    pub fn denial(&self) -> Denial {
+        let (status, error) = match self {
+            JwtError::Missing => (401, None),
+            JwtError::AudienceNotAllowed => (403, Some("invalid_token")),
+            JwtError::ClaimRuleFailed(_) => (403, Some("insufficient_scope")),
+            _ => (401, Some("invalid_token")),
+        };
+        Denial {
+            status,
+            error,
+            description: self.description(),
+        }
+    }
+
+    /// True for failures a token could not have caused on its own: used to
+    /// choose which error to report when several providers failed.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, JwtError::Missing)
+    }
+}
+
+impl Denial {
+    /// Builds the local reply: `WWW-Authenticate` and the JSON body.
+    pub fn to_reply(&self, realm: &str) -> LocalReply {
+        let realm = quoted_param_safe(realm);
+        let challenge = match self.error {
+            None => format!("Bearer realm=\"{realm}\""),
+            Some(error) => format!(
+                "Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{}\"",
+                quoted_param_safe(&self.description)
+            ),
+        };
+        let body_error = self.error.unwrap_or("missing_token");
+        LocalReply::json_error(self.status, body_error, &self.description)
+            .with_header("www-authenticate", challenge)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_token_has_no_error_code() {
+        let r = JwtError::Missing.denial().to_reply("https://gw/v1");
+        assert_eq!(r.status, 401);
+        let h = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "www-authenticate")
+            .unwrap();
+        assert_eq!(h.1, "Bearer realm=\"https://gw/v1\"");
+    }
+
+    #[test]
+    fn expired_token_is_invalid_token() {
+        let r = JwtError::Expired.denial().to_reply("r");
+        assert_eq!(r.status, 401);
+        let h = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "www-authenticate")
+            .unwrap();
+        assert_eq!(
+            h.1,
+            "Bearer realm=\"r\", error=\"invalid_token\", error_description=\"Jwt is expired\""
+        );
+    }
+
+    #[test]
+    fn audience_and_claim_rules_are_forbidden() {
+        assert_eq!(JwtError::AudienceNotAllowed.denial().status, 403);
+        let d = JwtError::ClaimRuleFailed("realm_access.roles".into()).denial();
+        assert_eq!((d.status, d.error), (403, Some("insufficient_scope")));
+    }
+
+    #[test]
+    fn realm_cannot_inject_parameters() {
+        let r = JwtError::Missing.denial().to_reply("x\", error=\"evil");
+        let h = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "www-authenticate")
+            .unwrap();
+        assert_eq!(h.1, "Bearer realm=\"x, error=evil\"");
+    }
+}

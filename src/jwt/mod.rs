@@ -1,0 +1,468 @@
+//! Stage 1: the client's JWT, verified in the filter.
+//!
+//! `authenticate` takes the compiled section, a request snapshot, the clock
+//! and the per-VM verified-token cache, and says whether the request passes,
+//! which header edits go with it, and which identities were verified.
+
+pub mod cache;
+pub mod claims;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod signature;
+pub mod token;
+
+use crate::request::{cookie_header_without, path_without_params, RequestView};
+use crate::response::HeaderOp;
+use crate::stats::Counter;
+use cache::VerifiedCache;
+use config::{JwtAuthn, Location, Provider, Requirement, Rule};
+use error::JwtError;
+use std::sync::Arc;
+use token::Claims;
+
+/// A token verified by a provider.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub provider: String,
+    pub claims: Arc<Claims>,
+}
+
+/// The JWT stage's answer for one request.
+#[derive(Debug)]
+pub struct JwtOutcome {
+    /// `Ok` with the verified identities (possibly none), or the reason to deny.
+    pub result: Result<Vec<Identity>, JwtError>,
+    /// Edits for the upstream request (token removal, claim headers); applied only on `Ok`.
+    pub header_ops: Vec<HeaderOp>,
+    pub counters: Vec<Counter>,
+    /// Which rule applied, for the debug log.
+    pub rule: Option<usize>,
+}
+
+/// The `realm` of `WWW-Authenticate`: configured, or the request URL without
+/// its query, as Envoy's `jwt_authn` writes it.
+pub fn realm(cfg: &JwtAuthn, req: &RequestView) -> String {
+    match &cfg.realm {
+        Some(r) => r.clone(),
+        None => {
+            let scheme = if req.scheme().is_empty() {
+                "http"
+            } else {
+                req.scheme()
+            };
+            let path: String = req.path_without_query().chars().take(256).collect();
+            format!("{scheme}://{}{path}", req.authority())
+        }
+    }
+}
+
+fn is_cors_preflight(req: &RequestView) -> bool {
+    req.method() == "OPTIONS"
+        && req.header("origin").is_some_and(|o| !o.is_empty())
+        && req
+            .header("access-control-request-method")
+            .is_some_and(|m| !m.is_empty())
+}
+
+pub fn authenticate(
+    cfg: &JwtAuthn,
+    req: &RequestView,
+    now: u64,
+    cache: &mut VerifiedCache,
+) -> JwtOutcome {
+    let mut outcome = JwtOutcome {
+        result: Ok(Vec::new()),
+        header_ops: Vec::new(),
+        counters: Vec::new(),
+        rule: None,
+    };
+    if cfg.bypass_cors_preflight && is_cors_preflight(req) {
+        outcome.counters.push(Counter::JwtCorsPreflightBypassed);
+        return outcome;
+    }
+    let Some((index, rule)) = cfg
+        .rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.route.matches(req))
+    else {
+        return outcome;
+    };
+    outcome.rule = Some(index);
+    let Some(requirement) = &rule.requirement else {
+        // Headers claims would fill must not come from the client either.
+        outcome.header_ops = claim_header_removals(cfg);
+        return outcome;
+    };
+    let mut eval = Evaluation::new(cfg, req, now, cache);
+    let mut result = eval.requirement(requirement);
+    let identities: Vec<Identity> = eval.identities();
+    if result.is_ok() {
+        result = check_claim_rules(rule, &identities);
+    }
+    outcome.counters.append(&mut eval.counters);
+    match result {
+        Ok(()) => {
+            outcome.counters.push(Counter::JwtAllowed);
+            outcome.header_ops = eval.header_ops();
+            outcome.result = Ok(identities);
+        }
+        Err(e) => {
+            outcome.counters.push(Counter::JwtDenied);
+            outcome.result = Err(e);
+        }
+    }
+    outcome
+}
+
+fn check_claim_rules(rule: &Rule, identities: &[Identity]) -> Result<(), JwtError> {
+    let Some(first_rule) = rule.claim_rules.first() else {
+        return Ok(());
+    };
+    if identities.is_empty() {
+        return Err(JwtError::Missing);
+    }
+    let mut failed = first_rule;
+    for identity in identities {
+        match rule
+            .claim_rules
+            .iter()
+            .find(|r| !r.is_satisfied_by(&identity.claims))
+        {
+            None => return Ok(()),
+            Some(r) => failed = r,
+        }
+    }
+    Err(JwtError::ClaimRuleFailed(failed.claim_name()))
+}
+
+fn claim_header_removals(cfg: &JwtAuthn) -> Vec<HeaderOp> {
+    let mut ops = Vec::new();
+    for p in &cfg.providers {
+        for (header, _) in &p.claim_to_headers {
+            ops.push(HeaderOp::remove(header.clone()));
+        }
+        if let Some(h) = &p.forward_payload_header {
+            ops.push(HeaderOp::remove(h.clone()));
+        }
+    }
+    ops
+}
+
+/// Where a token was found, to remove it later.
+#[derive(Debug, Clone)]
+struct Found {
+    token: String,
+    location: Location,
+}
+
+/// State of one requirement evaluation: each provider's token is extracted
+/// and verified at most once, whatever the requirement tree.
+struct Evaluation<'a> {
+    cfg: &'a JwtAuthn,
+    req: &'a RequestView,
+    now: u64,
+    cache: &'a mut VerifiedCache,
+    found: Vec<Option<Result<Option<Found>, JwtError>>>,
+    verified: Vec<Option<Result<Arc<Claims>, JwtError>>>,
+    counters: Vec<Counter>,
+}
+
+impl<'a> Evaluation<'a> {
+    fn new(
+        cfg: &'a JwtAuthn,
+        req: &'a RequestView,
+        now: u64,
+        cache: &'a mut VerifiedCache,
+    ) -> Self {
+        let n = cfg.providers.len();
+        Evaluation {
+            cfg,
+            req,
+            now,
+            cache,
+            found: vec![None; n],
+            verified: vec![None; n],
+            counters: Vec::new(),
+        }
+    }
+
+    fn provider(&self, index: usize) -> Result<&'a Provider, JwtError> {
+        // Indexes come from the compiled config; a miss would be our bug, not the client's.
+        self.cfg.providers.get(index).ok_or(JwtError::UnknownIssuer)
+    }
+
+    fn requirement(&mut self, requirement: &Requirement) -> Result<(), JwtError> {
+        match requirement {
+            Requirement::Provider {
+                provider,
+                audiences,
+            } => self
+                .provider_check(*provider, audiences.as_deref())
+                .map(|_| ()),
+            Requirement::Any(list) => {
+                let mut errors = Vec::new();
+                for r in list {
+                    match self.requirement(r) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                // Report what went wrong with a token before "no token".
+                let reported = errors.iter().position(|e| !e.is_missing()).unwrap_or(0);
+                Err(errors
+                    .into_iter()
+                    .nth(reported)
+                    .unwrap_or(JwtError::Missing))
+            }
+            Requirement::All(list) => list.iter().try_for_each(|r| self.requirement(r)),
+            Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
+                let tolerate_failure = matches!(requirement, Requirement::AllowMissingOrFailed);
+                let mut first_error = None;
+                let mut unknown_issuer = false;
+                let mut any_ok = false;
+                for index in 0..self.cfg.providers.len() {
+                    match self.extract(index) {
+                        Ok(None) => {}
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                        Ok(Some(_)) => match self.provider_check(index, None) {
+                            Ok(_) => any_ok = true,
+                            Err(JwtError::UnknownIssuer) => unknown_issuer = true,
+                            Err(e) => {
+                                first_error.get_or_insert(e);
+                            }
+                        },
+                    }
+                }
+                if tolerate_failure {
+                    return Ok(());
+                }
+                if let Some(e) = first_error {
+                    return Err(e);
+                }
+                if unknown_issuer && !any_ok {
+                    return Err(JwtError::UnknownIssuer);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn provider_check(
+        &mut self,
+        index: usize,
+        audiences: Option<&[String]>,
+    ) -> Result<Arc<Claims>, JwtError> {
+        let provider = self.provider(index)?;
+        let found = self.extract(index)?.ok_or(JwtError::Missing)?;
+        let claims = self.verify(index, &found.token)?;
+        let allowed = audiences.unwrap_or(&provider.audiences);
+        if !allowed.is_empty() && !claims.aud.iter().any(|a| allowed.contains(a)) {
+            return Err(JwtError::AudienceNotAllowed);
+        }
+        Ok(claims)
+    }
+
+    fn extract(&mut self, index: usize) -> Result<Option<Found>, JwtError> {
+        if let Some(Some(memo)) = self.found.get(index) {
+            return memo.clone();
+        }
+        let provider = self.provider(index)?;
+        let result = find_token(provider, self.req);
+        if let Some(slot) = self.found.get_mut(index) {
+            *slot = Some(result.clone());
+        }
+        result
+    }
+
+    fn verify(&mut self, index: usize, token: &str) -> Result<Arc<Claims>, JwtError> {
+        if let Some(Some(memo)) = self.verified.get(index) {
+            return memo.clone();
+        }
+        let result = self.verify_uncached(index, token);
+        if let Some(slot) = self.verified.get_mut(index) {
+            *slot = Some(result.clone());
+        }
+        result
+    }
+
+    fn verify_uncached(&mut self, index: usize, token: &str) -> Result<Arc<Claims>, JwtError> {
+        let provider = self.provider(index)?;
+        let key = self.cache.key(index, token);
+        if let Some(key) = &key {
+            if let Some(claims) = self.cache.get(key, self.now, provider.clock_skew) {
+                self.counters.push(Counter::JwtCacheHit);
+                check_times(provider, &claims, self.now)?;
+                return Ok(claims);
+            }
+            self.counters.push(Counter::JwtCacheMiss);
+        }
+        let parsed = token::parse(token, self.cfg.max_token_size)?;
+        if let Some(issuer) = &provider.issuer {
+            if parsed.claims.iss.as_ref() != Some(issuer) {
+                return Err(JwtError::UnknownIssuer);
+            }
+        }
+        check_times(provider, &parsed.claims, self.now)?;
+        let mut candidates = provider
+            .keys
+            .candidates(parsed.alg, parsed.kid.as_deref())
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(JwtError::UnknownKid);
+        }
+        let verified = candidates.any(|k| {
+            k.material.verify(
+                parsed.alg,
+                parsed.raw,
+                parsed.signing_input.as_bytes(),
+                &parsed.signature,
+                self.now,
+                provider.clock_skew,
+            )
+        });
+        if !verified {
+            return Err(JwtError::BadSignature);
+        }
+        let claims = Arc::new(parsed.claims);
+        if let Some(key) = key {
+            self.cache.insert(key, Arc::clone(&claims));
+        }
+        Ok(claims)
+    }
+
+    fn identities(&self) -> Vec<Identity> {
+        self.verified
+            .iter()
+            .zip(&self.cfg.providers)
+            .filter_map(|(v, p)| match v {
+                Some(Ok(claims)) => Some(Identity {
+                    provider: p.name.clone(),
+                    claims: Arc::clone(claims),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Claim headers (removed first, so a client cannot supply them), then
+    /// token removal for providers with `forward: false`, then claim values.
+    fn header_ops(&self) -> Vec<HeaderOp> {
+        let mut ops = claim_header_removals(self.cfg);
+        let mut params: Vec<&str> = Vec::new();
+        let mut cookies: Vec<&str> = Vec::new();
+        let mut sets = Vec::new();
+        for (index, provider) in self.cfg.providers.iter().enumerate() {
+            let Some(Some(Ok(claims))) = self.verified.get(index) else {
+                continue;
+            };
+            if !provider.forward {
+                if let Some(Some(Ok(Some(found)))) = self.found.get(index) {
+                    match &found.location {
+                        Location::Header { name, .. } => ops.push(HeaderOp::remove(name.clone())),
+                        Location::Param(p) => params.push(p),
+                        Location::Cookie(c) => cookies.push(c),
+                    }
+                }
+            }
+            for (header, path) in &provider.claim_to_headers {
+                if let Some(value) = claims.lookup(path).and_then(claims::header_value) {
+                    sets.push(HeaderOp::set(header.clone(), value));
+                }
+            }
+            if let Some(h) = &provider.forward_payload_header {
+                sets.push(HeaderOp::set(h.clone(), claims.payload_b64.clone()));
+            }
+        }
+        if let Some(path) = path_without_params(self.req.path(), &params) {
+            ops.push(HeaderOp::set(":path", path));
+        }
+        if !cookies.is_empty() {
+            let all: Vec<&str> = self.req.header_values("cookie").collect();
+            if let Some(rest) = cookie_header_without(&all.join("; "), &cookies) {
+                ops.push(if rest.is_empty() {
+                    HeaderOp::remove("cookie")
+                } else {
+                    HeaderOp::set("cookie", rest)
+                });
+            }
+        }
+        ops.extend(sets);
+        ops
+    }
+}
+
+fn check_times(provider: &Provider, claims: &Claims, now: u64) -> Result<(), JwtError> {
+    let skew = provider.clock_skew;
+    match claims.exp {
+        // `exp: 0` is 1970: expired, not "no expiry" as Envoy reads it.
+        Some(exp) if now > exp.saturating_add(skew) => return Err(JwtError::Expired),
+        None if provider.require_expiration || provider.max_lifetime.is_some() => {
+            return Err(JwtError::ExpirationRequired)
+        }
+        _ => {}
+    }
+    if let Some(nbf) = claims.nbf {
+        if now.saturating_add(skew) < nbf {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    if let (Some(max), Some(exp)) = (provider.max_lifetime, claims.exp) {
+        let start = claims.iat.or(claims.nbf).unwrap_or(now);
+        if exp.saturating_sub(start) > max {
+            return Err(JwtError::LifetimeTooLong);
+        }
+    }
+    Ok(())
+}
+
+/// The provider's token: the first location that holds one. Two tokens in
+/// one location (two `Authorization` lines, `?access_token=` twice) are refused.
+fn find_token(provider: &Provider, req: &RequestView) -> Result<Option<Found>, JwtError> {
+    for location in &provider.locations {
+        let mut tokens: Vec<&str> = match location {
+            Location::Header { name, prefix } => req
+                .header_values(name)
+                .filter_map(|v| strip_prefix(v, prefix.as_deref()))
+                .collect(),
+            Location::Param(name) => req.query_params(name).collect(),
+            Location::Cookie(name) => req.cookies(name).collect(),
+        };
+        match tokens.len() {
+            0 => continue,
+            1 => {
+                let token = tokens.pop().unwrap_or_default().trim();
+                if token.is_empty() {
+                    return Err(JwtError::BadFormat("empty token"));
+                }
+                return Ok(Some(Found {
+                    token: token.to_string(),
+                    location: location.clone(),
+                }));
+            }
+            _ => return Err(JwtError::MultipleTokens),
+        }
+    }
+    Ok(None)
+}
+
+/// `Bearer` and other schemes match case-insensitively (RFC 9110 11.1).
+fn strip_prefix<'v>(value: &'v str, prefix: Option<&str>) -> Option<&'v str> {
+    let Some(prefix) = prefix else {
+        return Some(value);
+    };
+    match value.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => value.get(prefix.len()..),
+        // "Bearer" with no token at all still counts as an (empty) token.
+        _ => value
+            .trim_end()
+            .eq_ignore_ascii_case(prefix.trim_end())
+            .then_some(""),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+//! ai-auth-filter: the authentication layer of an AI gateway, as one Envoy
+//! proxy-wasm HTTP filter.
+//!
+//! Request flow:
+//! 1. The host adapter ([`host`], the only code that names `proxy_wasm`)
+//!    snapshots the request headers into a [`request::RequestView`].
+//! 2. [`flow::on_request_headers`] runs the stages in order with the compiled
+//!    [`config::FilterConfig`], the clock and the worker's caches:
+//!    [`jwt`] (client JWT verified in the filter), then passthrough auth,
+//!    then upstream credentials.
+//! 3. It returns a [`flow::Decision`]: continue with header edits, or reply
+//!    locally (401/403 per RFC 6750 with a small JSON body).
+//! 4. The adapter performs it and moves the counters in [`stats`].
+//!
+//! Everything but `host` is plain Rust with native unit tests.
+
+pub mod config;
+pub mod flow;
+pub mod jwt;
+pub mod request;
+pub mod response;
+pub mod route;
+pub mod stats;
+
+#[cfg(target_arch = "wasm32")]
+mod host;

@@ -1,0 +1,246 @@
+//! An owned snapshot of the request headers, built once by the host adapter.
+//!
+//! Header names are lowercase (HTTP/2 and Envoy's header map guarantee that);
+//! values are kept as bytes turned into text losslessly where they are UTF-8
+//! and with U+FFFD where they are not, so a hostile value can never abort the
+//! VM and never compares equal to a configured value by accident.
+
+/// One request as the core sees it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestView {
+    method: String,
+    path: String,
+    authority: String,
+    scheme: String,
+    headers: Vec<(String, String)>,
+}
+
+impl RequestView {
+    /// Builds a view from the header list, pseudo-headers included.
+    pub fn new(headers: Vec<(String, String)>) -> Self {
+        let mut view = RequestView::default();
+        for (name, value) in headers {
+            let name = name.to_ascii_lowercase();
+            match name.as_str() {
+                ":method" => view.method = value,
+                ":path" => view.path = value,
+                ":authority" => view.authority = value,
+                ":scheme" => view.scheme = value,
+                _ => view.headers.push((name, value)),
+            }
+        }
+        view
+    }
+
+    /// Same as [`RequestView::new`] from raw bytes: invalid UTF-8 becomes U+FFFD.
+    pub fn from_bytes(headers: Vec<(String, Vec<u8>)>) -> Self {
+        Self::new(
+            headers
+                .into_iter()
+                .map(|(k, v)| match String::from_utf8(v) {
+                    Ok(s) => (k, s),
+                    Err(e) => (k, String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                })
+                .collect(),
+        )
+    }
+
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The full `:path`, query string included.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The path without its query string (and without a fragment).
+    pub fn path_without_query(&self) -> &str {
+        let end = self.path.find(['?', '#']).unwrap_or(self.path.len());
+        self.path.get(..end).unwrap_or(&self.path)
+    }
+
+    /// The raw query string, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        let start = self.path.find('?')?;
+        let rest = self.path.get(start + 1..)?;
+        Some(rest.split('#').next().unwrap_or(rest))
+    }
+
+    /// Values of a query parameter (not percent-decoded: tokens are base64url).
+    pub fn query_params<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(move |pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == name).then_some(v)
+            })
+    }
+
+    /// The first value of a header (name compared case-insensitively).
+    pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.header_values(name).next()
+    }
+
+    /// Every value of a header, in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All regular headers (no pseudo-headers), names lowercase.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// Values of a cookie across every `Cookie` header.
+    pub fn cookies<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.header_values("cookie")
+            .flat_map(|h| h.split(';'))
+            .filter_map(move |pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"'))
+            })
+    }
+
+    /// Content length when the client declared one.
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length")?.trim().parse().ok()
+    }
+}
+
+/// Rebuilds `path` with every query parameter named in `names` removed.
+/// Returns `None` when nothing was removed.
+pub fn path_without_params(path: &str, names: &[&str]) -> Option<String> {
+    let (base, query) = path.split_once('?')?;
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut removed = false;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            let drop = names.contains(&key);
+            removed |= drop;
+            !drop
+        })
+        .collect();
+    if !removed {
+        return None;
+    }
+    let mut out = base.to_string();
+    let kept: Vec<&str> = kept.into_iter().filter(|p| !p.is_empty()).collect();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out)
+}
+
+/// Rebuilds a `Cookie` header value without the named cookies.
+/// Returns `None` when nothing was removed; `Some("")` when nothing is left.
+pub fn cookie_header_without(value: &str, names: &[&str]) -> Option<String> {
+    let mut removed = false;
+    let kept: Vec<&str> = value
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
+            let drop = names.contains(&key);
+            removed |= drop;
+            !drop && !pair.is_empty()
+        })
+        .collect();
+    removed.then(|| kept.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(path: &str, headers: &[(&str, &str)]) -> RequestView {
+        let mut all = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), "gw.local".to_string()),
+        ];
+        all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        RequestView::new(all)
+    }
+
+    #[test]
+    fn splits_path_and_query() {
+        let v = view("/v1/chat?access_token=abc&x=1#frag", &[]);
+        assert_eq!(v.path_without_query(), "/v1/chat");
+        assert_eq!(v.query(), Some("access_token=abc&x=1"));
+        assert_eq!(v.query_params("access_token").collect::<Vec<_>>(), ["abc"]);
+        assert_eq!(v.query_params("missing").count(), 0);
+    }
+
+    #[test]
+    fn headers_are_case_insensitive_and_multi_valued() {
+        let v = view("/", &[("Authorization", "a"), ("authorization", "b")]);
+        assert_eq!(v.header("AUTHORIZATION"), Some("a"));
+        assert_eq!(
+            v.header_values("authorization").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_replacement_character() {
+        let v = RequestView::from_bytes(vec![("x-bin".into(), vec![0xff, b'a'])]);
+        assert_eq!(v.header("x-bin"), Some("\u{fffd}a"));
+    }
+
+    #[test]
+    fn cookies_are_found_across_headers() {
+        let v = view("/", &[("cookie", "a=1; jwt=tok"), ("cookie", "b=2")]);
+        assert_eq!(v.cookies("jwt").collect::<Vec<_>>(), ["tok"]);
+        assert_eq!(v.cookies("b").collect::<Vec<_>>(), ["2"]);
+    }
+
+    #[test]
+    fn removes_query_params() {
+        assert_eq!(
+            path_without_params("/a?access_token=x&b=1", &["access_token"]).as_deref(),
+            Some("/a?b=1")
+        );
+        assert_eq!(
+            path_without_params("/a?access_token=x", &["access_token"]).as_deref(),
+            Some("/a")
+        );
+        assert_eq!(path_without_params("/a?b=1", &["access_token"]), None);
+        assert_eq!(path_without_params("/a", &["access_token"]), None);
+    }
+
+    #[test]
+    fn removes_cookies() {
+        assert_eq!(
+            cookie_header_without("a=1; jwt=t; b=2", &["jwt"]).as_deref(),
+            Some("a=1; b=2")
+        );
+        assert_eq!(
+            cookie_header_without("jwt=t", &["jwt"]).as_deref(),
+            Some("")
+        );
+        assert_eq!(cookie_header_without("a=1", &["jwt"]), None);
+    }
+}

@@ -1,0 +1,52 @@
+//! Counters, named as Envoy's own filters name theirs. The core reports
+//! which counters a request moved; the host owns the metric handles.
+
+/// Prefix of every metric this filter defines. Envoy shows wasm metrics
+/// under `wasmcustom.`, so `allowed` is `wasmcustom.ai_auth.jwt_authn.allowed`.
+pub const PREFIX: &str = "ai_auth";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    JwtAllowed,
+    JwtDenied,
+    JwtCorsPreflightBypassed,
+    JwtCacheHit,
+    JwtCacheMiss,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 5] = [
+        Counter::JwtAllowed,
+        Counter::JwtDenied,
+        Counter::JwtCorsPreflightBypassed,
+        Counter::JwtCacheHit,
+        Counter::JwtCacheMiss,
+    ];
+
+    /// Metric name without the `ai_auth.` prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::JwtAllowed => "jwt_authn.allowed",
+            Counter::JwtDenied => "jwt_authn.denied",
+            Counter::JwtCorsPreflightBypassed => "jwt_authn.cors_preflight_bypassed",
+            Counter::JwtCacheHit => "jwt_authn.jwt_cache_hit",
+            Counter::JwtCacheMiss => "jwt_authn.jwt_cache_miss",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_follow_all() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+    }
+}
