@@ -2,7 +2,7 @@
 //! proxy-wasm HTTP filter.
 //!
 //! Request flow:
-//! 1. The host adapter ([`host`], the only code that names `proxy_wasm`)
+//! 1. The host adapter ([`host`], the only code that uses the proxy-wasm SDK)
 //!    snapshots the request headers into a [`request::RequestView`].
 //! 2. [`flow::on_request_headers`] runs the stages in order with the compiled
 //!    [`config::FilterConfig`], the clock and the worker's caches:

@@ -58,12 +58,21 @@ impl FilterConfig {
         }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let raw: RawFilterConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let inner = e.inner();
+            if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+                // Where the JSON breaks is the useful part: keep line and column.
+                return ConfigError::new("", format!("not valid JSON: {inner}"));
+            }
             let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, clean_serde_message(&e.inner().to_string()))
+            let path = if path == "." || path == "?" {
+                String::new()
+            } else {
+                path
+            };
+            ConfigError::new(path, clean_serde_message(&inner.to_string()))
         })?;
         de.end()
-            .map_err(|e| ConfigError::new("", clean_serde_message(&e.to_string())))?;
+            .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
         let jwt_authn = raw
             .jwt_authn
             .map(|j| JwtAuthn::compile(j, env).map_err(|e| e.under("jwt_authn")))

