@@ -15,11 +15,13 @@
 //! Everything but `host` is plain Rust with native unit tests.
 
 pub mod config;
+pub mod credentials;
 pub mod flow;
 pub mod jwt;
 pub mod request;
 pub mod response;
 pub mod route;
+pub mod secret;
 pub mod stats;
 
 #[cfg(target_arch = "wasm32")]

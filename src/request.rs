@@ -13,6 +13,10 @@ pub struct RequestView {
     authority: String,
     scheme: String,
     headers: Vec<(String, String)>,
+    /// The Envoy cluster the route chose, when the host provided it.
+    cluster: Option<String>,
+    /// The Envoy route name, when the host provided it.
+    route_name: Option<String>,
 }
 
 impl RequestView {
@@ -112,6 +116,50 @@ impl RequestView {
                 let (k, v) = pair.split_once('=')?;
                 (k.trim() == name).then(|| v.trim().trim_matches('"'))
             })
+    }
+
+    pub fn set_route_info(&mut self, cluster: Option<String>, route_name: Option<String>) {
+        self.cluster = cluster;
+        self.route_name = route_name;
+    }
+
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    pub fn route_name(&self) -> Option<&str> {
+        self.route_name.as_deref()
+    }
+
+    /// Applies header edits, so a later stage sees the request as the
+    /// earlier stages left it.
+    pub fn apply(&mut self, ops: &[crate::response::HeaderOp]) {
+        use crate::response::HeaderOp;
+        for op in ops {
+            match op {
+                HeaderOp::SetSecret(name, value) => {
+                    self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+                    self.headers
+                        .push((name.to_ascii_lowercase(), value.expose().to_string()));
+                }
+                HeaderOp::Set(name, value) => match name.as_str() {
+                    ":path" => self.path = value.clone(),
+                    ":method" => self.method = value.clone(),
+                    ":authority" => self.authority = value.clone(),
+                    _ => {
+                        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+                        self.headers
+                            .push((name.to_ascii_lowercase(), value.clone()));
+                    }
+                },
+                HeaderOp::Append(name, value) => self
+                    .headers
+                    .push((name.to_ascii_lowercase(), value.clone())),
+                HeaderOp::Remove(name) => {
+                    self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name))
+                }
+            }
+        }
     }
 
     /// Content length when the client declared one.
@@ -215,6 +263,29 @@ mod tests {
         let v = view("/", &[("cookie", "a=1; jwt=tok"), ("cookie", "b=2")]);
         assert_eq!(v.cookies("jwt").collect::<Vec<_>>(), ["tok"]);
         assert_eq!(v.cookies("b").collect::<Vec<_>>(), ["2"]);
+    }
+
+    #[test]
+    fn applies_header_ops() {
+        use crate::response::HeaderOp;
+        let mut v = view(
+            "/a?x=1",
+            &[
+                ("authorization", "a"),
+                ("Authorization", "b"),
+                ("x-keep", "k"),
+            ],
+        );
+        v.apply(&[
+            HeaderOp::remove("authorization"),
+            HeaderOp::set(":path", "/a"),
+            HeaderOp::set("x-keep", "k2"),
+            HeaderOp::Append("x-new".into(), "n".into()),
+        ]);
+        assert_eq!(v.header("authorization"), None);
+        assert_eq!(v.path(), "/a");
+        assert_eq!(v.header_values("x-keep").collect::<Vec<_>>(), ["k2"]);
+        assert_eq!(v.header("x-new"), Some("n"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! What the core asks the host to do with a request: header edits or a local reply.
 
+use crate::secret::Secret;
+
 /// One edit of the request headers before the request goes upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderOp {
@@ -9,6 +11,8 @@ pub enum HeaderOp {
     Append(String, String),
     /// Remove every value of the header.
     Remove(String),
+    /// Like `Set`, for a value that is a secret: printed as `[redacted]`.
+    SetSecret(String, Secret),
 }
 
 impl HeaderOp {
@@ -22,7 +26,10 @@ impl HeaderOp {
 
     pub fn name(&self) -> &str {
         match self {
-            HeaderOp::Set(n, _) | HeaderOp::Append(n, _) | HeaderOp::Remove(n) => n,
+            HeaderOp::Set(n, _)
+            | HeaderOp::Append(n, _)
+            | HeaderOp::Remove(n)
+            | HeaderOp::SetSecret(n, _) => n,
         }
     }
 }

@@ -12,15 +12,21 @@ pub enum Counter {
     JwtCorsPreflightBypassed,
     JwtCacheHit,
     JwtCacheMiss,
+    CredentialsInjected,
+    CredentialsPassedThrough,
+    CredentialsDenied,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 8] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
         Counter::JwtCacheHit,
         Counter::JwtCacheMiss,
+        Counter::CredentialsInjected,
+        Counter::CredentialsPassedThrough,
+        Counter::CredentialsDenied,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -31,6 +37,9 @@ impl Counter {
             Counter::JwtCorsPreflightBypassed => "jwt_authn.cors_preflight_bypassed",
             Counter::JwtCacheHit => "jwt_authn.jwt_cache_hit",
             Counter::JwtCacheMiss => "jwt_authn.jwt_cache_miss",
+            Counter::CredentialsInjected => "upstream_credentials.injected",
+            Counter::CredentialsPassedThrough => "upstream_credentials.passed_through",
+            Counter::CredentialsDenied => "upstream_credentials.denied",
         }
     }
 

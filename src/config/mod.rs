@@ -10,6 +10,7 @@ pub mod unique_map;
 
 pub use error::ConfigError;
 
+use crate::credentials::{RawUpstreamCredentials, UpstreamCredentials};
 use crate::jwt::config::{JwtAuthn, RawJwtAuthn};
 use serde::Deserialize;
 
@@ -38,12 +39,14 @@ impl<F: Fn(&str) -> Option<String>> Environment for F {
 #[serde(deny_unknown_fields)]
 struct RawFilterConfig {
     jwt_authn: Option<RawJwtAuthn>,
+    upstream_credentials: Option<RawUpstreamCredentials>,
 }
 
 /// The compiled configuration shared by every request of a VM.
 #[derive(Debug, Default)]
 pub struct FilterConfig {
     pub jwt_authn: Option<JwtAuthn>,
+    pub upstream_credentials: Option<UpstreamCredentials>,
 }
 
 impl FilterConfig {
@@ -53,7 +56,7 @@ impl FilterConfig {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new(
                 "",
-                "the plugin configuration is empty; set at least one of jwt_authn",
+                "the plugin configuration is empty; set at least one of jwt_authn, upstream_credentials",
             ));
         }
         let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -77,13 +80,22 @@ impl FilterConfig {
             .jwt_authn
             .map(|j| JwtAuthn::compile(j, env).map_err(|e| e.under("jwt_authn")))
             .transpose()?;
-        if jwt_authn.is_none() {
+        let upstream_credentials = raw
+            .upstream_credentials
+            .map(|u| {
+                UpstreamCredentials::compile(u, env).map_err(|e| e.under("upstream_credentials"))
+            })
+            .transpose()?;
+        if jwt_authn.is_none() && upstream_credentials.is_none() {
             return Err(ConfigError::new(
                 "",
-                "no stage is configured; set jwt_authn",
+                "no stage is configured; set at least one of jwt_authn, upstream_credentials",
             ));
         }
-        Ok(FilterConfig { jwt_authn })
+        Ok(FilterConfig {
+            jwt_authn,
+            upstream_credentials,
+        })
     }
 }
 

@@ -50,3 +50,22 @@ pub fn define_counter(name: &str) -> Result<u32, Status> {
 pub fn increment(metric: u32) {
     let _ = hostcalls::increment_metric(metric, 1);
 }
+
+/// A string attribute of the stream (`xds.cluster_name`, else the older `cluster_name`).
+pub fn route_property(name: &str) -> Option<String> {
+    let read = |path: Vec<&str>| {
+        hostcalls::get_property(path)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty())
+    };
+    read(vec!["xds", name]).or_else(|| read(vec![name]))
+}
+
+/// Envoy stores it as filter state `wasm.<name>`, readable by access logs.
+pub fn set_filter_state(name: &str, value: &str) {
+    if let Err(status) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
+        log::debug!("ai_auth: cannot set property {name}: {status:?}");
+    }
+}

@@ -45,6 +45,9 @@ impl HttpFilter {
         for op in ops {
             let result = match op {
                 HeaderOp::Set(name, value) => hostcalls::set_request_header(name, Some(value)),
+                HeaderOp::SetSecret(name, value) => {
+                    hostcalls::set_request_header(name, Some(value.expose()))
+                }
                 HeaderOp::Append(name, value) => hostcalls::add_request_header(name, value),
                 HeaderOp::Remove(name) => hostcalls::set_request_header(name, None),
             };
@@ -67,16 +70,30 @@ impl HttpContext for HttpFilter {
                 return self.internal_error(&format!("cannot read request headers: {status:?}"))
             }
         };
-        let request = RequestView::from_bytes(headers);
+        let mut request = RequestView::from_bytes(headers);
+        if shared
+            .config
+            .upstream_credentials
+            .as_ref()
+            .is_some_and(|c| c.needs_route_info)
+        {
+            request.set_route_info(
+                hostcalls::route_property("cluster_name"),
+                hostcalls::route_property("route_name"),
+            );
+        }
         let now = hostcalls::now_secs();
         let decision = match shared.state.try_borrow_mut() {
-            Ok(mut state) => flow::on_request_headers(&shared.config, &mut state, &request, now),
+            Ok(mut state) => flow::on_request_headers(&shared.config, &mut state, request, now),
             Err(_) => return self.internal_error("worker state busy"),
         };
         for counter in &decision.counters {
             shared.count(*counter);
         }
         log::debug!("#{} {}", self.context_id, decision.log);
+        for (name, value) in &decision.properties {
+            hostcalls::set_filter_state(name, value);
+        }
         match &decision.step {
             Step::Continue(ops) => match self.apply(ops) {
                 Ok(()) => Action::Continue,

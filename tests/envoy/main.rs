@@ -13,3 +13,4 @@ mod jwt_authn;
 mod layering;
 mod robustness;
 mod support;
+mod upstream_credentials;

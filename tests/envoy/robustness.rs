@@ -14,7 +14,7 @@ fn hostile_burst_then_a_good_request() {
                               "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]}},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
     }});
-    let gw = Gateway::start(plugin);
+    let mut gw = Gateway::start(plugin);
     let port = gw.port();
     let dots = ".".repeat(8000);
     let big = "A".repeat(60 * 1024);
@@ -70,7 +70,7 @@ fn hostile_burst_then_a_good_request() {
     let good = gw.get("/v1/x", &[("authorization", &bearer(&key.sign(&claims())))]);
     assert_eq!(good.status, 200, "the VM must still serve: {}", good.text());
     assert_eq!(gw.upstream.last().unwrap().header("x-user"), Some("alice"));
-    let log = gw.envoy.log();
+    let log = gw.envoy.stop();
     assert!(!log.contains("panicked"), "a panic was logged");
     assert!(
         !log.contains(&key.sign(&claims())[..40]),

@@ -308,6 +308,17 @@ impl Server {
         })
     }
 
+    /// An upstream that records what it received and answers 200 without
+    /// echoing anything back (a provider never returns its key).
+    pub fn recorder() -> Server {
+        Server::start(|_| {
+            Action::json(
+                200,
+                &serde_json::json!({"object": "chat.completion", "choices": []}),
+            )
+        })
+    }
+
     pub fn set_handler(&self, handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static) {
         *self.handler.lock().unwrap() = Arc::new(handler);
     }

@@ -1,0 +1,514 @@
+//! Stage 3: upstream credentials. The client's credentials are removed,
+//! all of them and for every provider, then the backend's credential is put
+//! in their place.
+
+use crate::config::unique_map::UniqueMap;
+use crate::config::{ConfigError, Environment};
+use crate::jwt::Identity;
+use crate::request::{cookie_header_without, path_without_params, RequestView};
+use crate::response::{is_valid_header_value, HeaderOp, LocalReply};
+use crate::route::{RawRouteMatch, RouteMatch};
+use crate::secret::Secret;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Headers that carry a client credential for some provider or proxy.
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+];
+/// Query parameters that carry one (`?key=` for Gemini, `?access_token=` for OAuth 2).
+pub const CLIENT_CREDENTIAL_PARAMS: [&str; 2] = ["key", "access_token"];
+/// The version Anthropic's API requires when the client sent none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+/// Filter state key (Envoy shows it as `wasm.ai_auth.upstream_backend`) naming the backend used.
+pub const BACKEND_PROPERTY: &str = "ai_auth.upstream_backend";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamCredentials {
+    backends: UniqueMap<RawBackend>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    /// What to do with a request no route gives a backend: `deny` (default) or `pass_through`.
+    #[serde(default)]
+    no_backend: NoBackend,
+    #[serde(default)]
+    strip_headers: Vec<String>,
+    #[serde(default)]
+    strip_query_params: Vec<String>,
+    #[serde(default)]
+    strip_cookies: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoBackend {
+    #[default]
+    Deny,
+    PassThrough,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    scheme: SchemeName,
+    secret: Option<RawSecret>,
+    secret_by_claim: Option<RawSecretByClaim>,
+    /// For `header`: the header name; for `bearer`-like schemes it is `authorization`.
+    header: Option<String>,
+    /// For `header`: a prefix before the secret, e.g. `Token `.
+    prefix: Option<String>,
+    /// For `anthropic`: sent when the client sent no `anthropic-version`.
+    anthropic_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SchemeName {
+    /// `Authorization: Bearer <key>`: OpenAI, Mistral, DeepSeek, Together, vLLM...
+    Bearer,
+    /// Alias of `bearer`.
+    Openai,
+    /// Azure OpenAI `api-key: <key>`.
+    AzureApiKey,
+    /// Anthropic `x-api-key: <key>` plus `anthropic-version`.
+    Anthropic,
+    /// Gemini `x-goog-api-key: <key>`.
+    Gemini,
+    /// Any header, with an optional prefix.
+    Header,
+}
+
+/// Envoy `DataSource` naming: inline, or an environment variable of the VM.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    inline_string: Option<String>,
+    environment_variable: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretByClaim {
+    /// Claim of the verified JWT (dotted path), e.g. `tenant` or `azp`.
+    claim: String,
+    secrets: UniqueMap<RawSecret>,
+    default: Option<RawSecret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(rename = "match")]
+    route: Option<RawRouteMatch>,
+    /// The Envoy cluster the route chose.
+    cluster: Option<String>,
+    /// The Envoy route's name.
+    route_name: Option<String>,
+    backend: Option<String>,
+    #[serde(default)]
+    pass_through: bool,
+}
+
+#[derive(Debug)]
+enum Scheme {
+    Header { name: String, prefix: String },
+    Anthropic { version: String },
+}
+
+#[derive(Debug)]
+enum SecretSource {
+    Fixed(Secret),
+    ByClaim {
+        claim: Vec<String>,
+        secrets: Vec<(String, Secret)>,
+        default: Option<Secret>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    scheme: Scheme,
+    secret: SecretSource,
+}
+
+#[derive(Debug)]
+enum Target {
+    Backend(usize),
+    PassThrough,
+}
+
+#[derive(Debug)]
+struct Route {
+    route: Option<RouteMatch>,
+    cluster: Option<String>,
+    route_name: Option<String>,
+    target: Target,
+}
+
+#[derive(Debug)]
+pub struct UpstreamCredentials {
+    pub backends: Vec<Backend>,
+    routes: Vec<Route>,
+    no_backend: NoBackend,
+    strip_headers: Vec<String>,
+    strip_params: Vec<String>,
+    strip_cookies: Vec<String>,
+    /// Whether any route selects by cluster or route name (the host then reads them).
+    pub needs_route_info: bool,
+}
+
+fn load_secret(raw: RawSecret, env: &dyn Environment) -> Result<Secret, ConfigError> {
+    let value = match (raw.inline_string, raw.environment_variable) {
+        (Some(v), None) => v,
+        (None, Some(var)) => env.var(&var).ok_or_else(|| {
+            ConfigError::new(
+                "environment_variable",
+                format!("environment variable `{var}` is not set in the VM (vm_config.environment_variables)"),
+            )
+        })?,
+        _ => {
+            return Err(ConfigError::new(
+                "",
+                "exactly one of inline_string, environment_variable must be set",
+            ))
+        }
+    };
+    // The reason never quotes the value: it is a secret.
+    if value.trim().is_empty() {
+        return Err(ConfigError::new("", "the secret is empty"));
+    }
+    if !is_valid_header_value(&value) || value != value.trim() {
+        return Err(ConfigError::new(
+            "",
+            "the secret has control characters or surrounding whitespace and cannot be sent in a header",
+        ));
+    }
+    Ok(Secret::new(value))
+}
+
+fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    if lower.is_empty()
+        || !lower
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+    {
+        return Err(ConfigError::new(
+            field,
+            format!("`{name}` is not a valid header name"),
+        ));
+    }
+    Ok(lower)
+}
+
+impl UpstreamCredentials {
+    pub fn compile(
+        raw: RawUpstreamCredentials,
+        env: &dyn Environment,
+    ) -> Result<Self, ConfigError> {
+        if raw.backends.0.is_empty() {
+            return Err(ConfigError::new(
+                "backends",
+                "at least one backend is required",
+            ));
+        }
+        let mut backends = Vec::new();
+        for (name, b) in raw.backends.0 {
+            let path = format!("backends.{name}");
+            backends.push(compile_backend(&name, b, env).map_err(|e| e.under(&path))?);
+        }
+        let mut routes = Vec::new();
+        let mut needs_route_info = false;
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let target = match (r.backend, r.pass_through) {
+                (Some(name), false) => {
+                    Target::Backend(backends.iter().position(|b| b.name == name).ok_or_else(
+                        || {
+                            ConfigError::new(
+                                format!("{path}.backend"),
+                                format!("backend `{name}` is not defined in backends"),
+                            )
+                        },
+                    )?)
+                }
+                (None, true) => Target::PassThrough,
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        "exactly one of backend, pass_through: true must be set",
+                    ))
+                }
+            };
+            let route = r
+                .route
+                .as_ref()
+                .map(|m| RouteMatch::compile(m).map_err(|e| e.under(&format!("{path}.match"))))
+                .transpose()?;
+            needs_route_info |= r.cluster.is_some() || r.route_name.is_some();
+            routes.push(Route {
+                route,
+                cluster: r.cluster,
+                route_name: r.route_name,
+                target,
+            });
+        }
+        let mut strip_headers: Vec<String> = CLIENT_CREDENTIAL_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        for (i, h) in raw.strip_headers.iter().enumerate() {
+            strip_headers.push(header_name(h, &format!("strip_headers[{i}]"))?);
+        }
+        let mut strip_params: Vec<String> = CLIENT_CREDENTIAL_PARAMS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        strip_params.extend(
+            raw.strip_query_params
+                .iter()
+                .filter(|p| !p.is_empty())
+                .cloned(),
+        );
+        Ok(UpstreamCredentials {
+            backends,
+            routes,
+            no_backend: raw.no_backend,
+            strip_headers,
+            strip_params,
+            strip_cookies: raw.strip_cookies,
+            needs_route_info,
+        })
+    }
+}
+
+fn compile_backend(
+    name: &str,
+    b: RawBackend,
+    env: &dyn Environment,
+) -> Result<Backend, ConfigError> {
+    let scheme = match b.scheme {
+        SchemeName::Bearer | SchemeName::Openai => Scheme::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        },
+        SchemeName::AzureApiKey => Scheme::Header {
+            name: "api-key".into(),
+            prefix: String::new(),
+        },
+        SchemeName::Gemini => Scheme::Header {
+            name: "x-goog-api-key".into(),
+            prefix: String::new(),
+        },
+        SchemeName::Anthropic => {
+            let version = b
+                .anthropic_version
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.into());
+            if !is_valid_header_value(&version) || version.is_empty() {
+                return Err(ConfigError::new(
+                    "anthropic_version",
+                    "is not a valid header value",
+                ));
+            }
+            Scheme::Anthropic { version }
+        }
+        SchemeName::Header => {
+            let header = b.header.as_deref().ok_or_else(|| {
+                ConfigError::new("header", "the `header` scheme needs a header name")
+            })?;
+            let prefix = b.prefix.clone().unwrap_or_default();
+            if !is_valid_header_value(&prefix) {
+                return Err(ConfigError::new("prefix", "has control characters"));
+            }
+            Scheme::Header {
+                name: header_name(header, "header")?,
+                prefix,
+            }
+        }
+    };
+    if b.scheme != SchemeName::Header && (b.header.is_some() || b.prefix.is_some()) {
+        return Err(ConfigError::new(
+            "header",
+            "header and prefix are only for the `header` scheme",
+        ));
+    }
+    if b.scheme != SchemeName::Anthropic && b.anthropic_version.is_some() {
+        return Err(ConfigError::new(
+            "anthropic_version",
+            "only for the `anthropic` scheme",
+        ));
+    }
+    let secret = match (b.secret, b.secret_by_claim) {
+        (Some(s), None) => SecretSource::Fixed(load_secret(s, env).map_err(|e| e.under("secret"))?),
+        (None, Some(by)) => {
+            if by.claim.is_empty() || by.claim.split('.').any(str::is_empty) {
+                return Err(ConfigError::new(
+                    "secret_by_claim.claim",
+                    "must be a claim name or dotted path",
+                ));
+            }
+            if by.secrets.0.is_empty() {
+                return Err(ConfigError::new(
+                    "secret_by_claim.secrets",
+                    "must not be empty",
+                ));
+            }
+            let mut secrets = Vec::new();
+            for (value, raw) in by.secrets.0 {
+                let s = load_secret(raw, env)
+                    .map_err(|e| e.under(&format!("secret_by_claim.secrets.{value}")))?;
+                secrets.push((value, s));
+            }
+            let default = by
+                .default
+                .map(|d| load_secret(d, env).map_err(|e| e.under("secret_by_claim.default")))
+                .transpose()?;
+            SecretSource::ByClaim {
+                claim: by.claim.split('.').map(str::to_string).collect(),
+                secrets,
+                default,
+            }
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "",
+                "exactly one of secret, secret_by_claim must be set",
+            ))
+        }
+    };
+    Ok(Backend {
+        name: name.to_string(),
+        scheme,
+        secret,
+    })
+}
+
+/// What stage 3 decided for a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CredentialOutcome {
+    /// Edits for the upstream request; `backend` names the credential used.
+    Inject {
+        ops: Vec<HeaderOp>,
+        backend: String,
+    },
+    /// A route configured to pass through: the request is left as it is.
+    PassThrough,
+    Deny(LocalReply),
+}
+
+fn deny(description: &str) -> CredentialOutcome {
+    CredentialOutcome::Deny(LocalReply::json_error(403, "access_denied", description))
+}
+
+fn claim_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl UpstreamCredentials {
+    fn select(&self, req: &RequestView) -> Option<&Target> {
+        self.routes
+            .iter()
+            .find(|r| {
+                r.route.as_ref().is_none_or(|m| m.matches(req))
+                    && r.cluster
+                        .as_deref()
+                        .is_none_or(|c| req.cluster() == Some(c))
+                    && r.route_name
+                        .as_deref()
+                        .is_none_or(|n| req.route_name() == Some(n))
+            })
+            .map(|r| &r.target)
+    }
+
+    pub fn plan(&self, req: &RequestView, identities: &[Identity]) -> CredentialOutcome {
+        let backend = match self.select(req) {
+            Some(Target::PassThrough) => return CredentialOutcome::PassThrough,
+            Some(Target::Backend(i)) => match self.backends.get(*i) {
+                Some(b) => b,
+                None => return deny("no upstream backend is configured for this route"),
+            },
+            None => {
+                return match self.no_backend {
+                    NoBackend::PassThrough => CredentialOutcome::PassThrough,
+                    NoBackend::Deny => deny("no upstream backend is configured for this route"),
+                }
+            }
+        };
+        let secret = match &backend.secret {
+            SecretSource::Fixed(s) => s,
+            SecretSource::ByClaim {
+                claim,
+                secrets,
+                default,
+            } => {
+                let value = identities
+                    .iter()
+                    .find_map(|id| id.claims.lookup(claim).and_then(claim_text));
+                let chosen = value
+                    .and_then(|v| secrets.iter().find(|(k, _)| *k == v).map(|(_, s)| s))
+                    .or(default.as_ref());
+                match chosen {
+                    Some(s) => s,
+                    None => return deny("no upstream credential is configured for this caller"),
+                }
+            }
+        };
+        CredentialOutcome::Inject {
+            ops: self.ops(req, backend, secret),
+            backend: backend.name.clone(),
+        }
+    }
+
+    fn ops(&self, req: &RequestView, backend: &Backend, secret: &Secret) -> Vec<HeaderOp> {
+        let mut ops: Vec<HeaderOp> = self
+            .strip_headers
+            .iter()
+            .map(|h| HeaderOp::remove(h.clone()))
+            .collect();
+        let params: Vec<&str> = self.strip_params.iter().map(String::as_str).collect();
+        if let Some(path) = path_without_params(req.path(), &params) {
+            ops.push(HeaderOp::set(":path", path));
+        }
+        if !self.strip_cookies.is_empty() {
+            let cookies: Vec<&str> = self.strip_cookies.iter().map(String::as_str).collect();
+            let all: Vec<&str> = req.header_values("cookie").collect();
+            if let Some(rest) = cookie_header_without(&all.join("; "), &cookies) {
+                ops.push(if rest.is_empty() {
+                    HeaderOp::remove("cookie")
+                } else {
+                    HeaderOp::set("cookie", rest)
+                });
+            }
+        }
+        match &backend.scheme {
+            Scheme::Header { name, prefix } => {
+                ops.push(HeaderOp::SetSecret(
+                    name.clone(),
+                    Secret::new(format!("{prefix}{}", secret.expose())),
+                ));
+            }
+            Scheme::Anthropic { version } => {
+                ops.push(HeaderOp::SetSecret("x-api-key".into(), secret.clone()));
+                if req.header("anthropic-version").is_none() {
+                    ops.push(HeaderOp::set("anthropic-version", version.clone()));
+                }
+            }
+        }
+        ops
+    }
+}
+
+#[cfg(test)]
+mod tests;
