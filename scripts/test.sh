@@ -27,4 +27,8 @@ fi
 echo "== tests (unit, then integration against $ENVOY_BIN)"
 cargo test --workspace
 
+echo "== the demo (README's first command) answers as documented"
+GATEWAY_PORT=${DEMO_GATEWAY_PORT:-10100} ADMIN_PORT=${DEMO_ADMIN_PORT:-10101} \
+  IDP_PORT=${DEMO_IDP_PORT:-10102} LLM_PORT=${DEMO_LLM_PORT:-10103} scripts/demo.sh --check | tail -n 8
+
 echo "== all checks passed"

@@ -40,12 +40,17 @@ impl TestKey {
     }
 
     pub fn rsa_from(file: &str, kid: &str) -> Self {
+        Self::rsa_pem(&read_pem(file), kid).unwrap()
+    }
+
+    /// An RSA key from PKCS#8 PEM text.
+    pub fn rsa_pem(pem: &str, kid: &str) -> Result<Self, String> {
         use rsa::pkcs8::DecodePrivateKey;
-        let key = rsa::RsaPrivateKey::from_pkcs8_pem(&read_pem(file)).unwrap();
-        TestKey {
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| format!("RSA PEM: {e}"))?;
+        Ok(TestKey {
             kid: kid.into(),
             signer: Signer::Rsa(Box::new(key)),
-        }
+        })
     }
 
     pub fn p256(kid: &str) -> Self {
