@@ -1,9 +1,20 @@
 //! The per-request pipeline: JWT, then passthrough auth, then upstream
 //! credentials. Plain data in (config, request snapshot, clock, worker
-//! state), plain data out ([`Decision`]): the host performs it.
+//! state, callout replies), plain data out ([`Decision`]): the host
+//! performs it and calls back with what it was asked to fetch.
+//!
+//! ```text
+//! on_request_headers ──► jwt ──► ext_authz? ──► credentials ──► Continue
+//!                                   │  ▲
+//!                  BufferBody ◄─────┤  │ on_request_body
+//!                  Callout    ◄─────┘  │ on_callout_response
+//! ```
 
+use crate::callout::{CalloutRequest, CalloutResponse, SharedStore};
 use crate::config::FilterConfig;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
+use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
+use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
 use crate::jwt::{self, cache::VerifiedCache, Identity};
 use crate::request::RequestView;
 use crate::response::{HeaderOp, LocalReply};
@@ -16,6 +27,11 @@ pub enum Step {
     Continue(Vec<HeaderOp>),
     /// Answer the client directly.
     Reply(LocalReply),
+    /// Hold the request and buffer its body, up to `max_bytes`, then call
+    /// [`on_request_body`] (with `truncated` when there was more).
+    BufferBody { max_bytes: usize },
+    /// Hold the request, send this callout, then call [`on_callout_response`].
+    Callout(CalloutRequest),
 }
 
 #[derive(Debug)]
@@ -24,9 +40,10 @@ pub struct Decision {
     pub counters: Vec<Counter>,
     /// One line for the debug log: reasons and names, never a token or a secret.
     pub log: String,
-    pub identities: Vec<Identity>,
     /// Values for Envoy's filter state (access logs read them).
     pub properties: Vec<(&'static str, String)>,
+    /// Headers to add to the client's response once it comes.
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// State a worker VM keeps between requests.
@@ -47,76 +64,245 @@ impl WorkerState {
     }
 }
 
-impl Decision {
-    fn reply(mut self, reply: LocalReply) -> Decision {
-        self.step = Step::Reply(reply);
-        self
+/// A request between two calls into the core (waiting for its body or for
+/// the auth service). The host keeps it in the stream's context.
+#[derive(Debug)]
+pub struct InFlight {
+    req: RequestView,
+    ops: Vec<HeaderOp>,
+    identities: Vec<Identity>,
+    log: Vec<String>,
+    counters: Vec<Counter>,
+    cache_key: Option<DecisionKey>,
+}
+
+impl InFlight {
+    fn decision(&mut self, step: Step) -> Decision {
+        Decision {
+            step,
+            counters: std::mem::take(&mut self.counters),
+            log: self.log.join("; "),
+            properties: Vec::new(),
+            response_headers: Vec::new(),
+        }
     }
 }
 
-/// Runs the stages on the request headers. `req` is updated as each stage
-/// edits it, so a later stage sees what the upstream will see.
+/// Runs the stages on the request headers. The returned [`InFlight`] is
+/// `Some` when the step asks the host to fetch something and call back.
 pub fn on_request_headers(
     cfg: &FilterConfig,
     state: &mut WorkerState,
-    mut req: RequestView,
+    store: &dyn SharedStore,
+    req: RequestView,
     now: u64,
-) -> Decision {
-    let mut decision = Decision {
-        step: Step::Continue(Vec::new()),
-        counters: Vec::new(),
-        log: String::new(),
+) -> (Decision, Option<InFlight>) {
+    let mut flight = InFlight {
+        req,
+        ops: Vec::new(),
         identities: Vec::new(),
-        properties: Vec::new(),
+        log: Vec::new(),
+        counters: Vec::new(),
+        cache_key: None,
     };
-    let mut ops = Vec::new();
-    let mut log = Vec::new();
     if let Some(jwt_cfg) = &cfg.jwt_authn {
-        let outcome = jwt::authenticate(jwt_cfg, &req, now, &mut state.jwt_cache);
-        decision.counters.extend(outcome.counters);
+        let outcome = jwt::authenticate(jwt_cfg, &flight.req, now, &mut state.jwt_cache);
+        flight.counters.extend(outcome.counters);
         let rule = outcome.rule.map_or("none".to_string(), |r| r.to_string());
         match outcome.result {
             Err(e) => {
-                decision.log = format!("jwt_authn: denied rule={rule} reason={}", e.code());
-                let reply = e.denial().to_reply(&jwt::realm(jwt_cfg, &req));
-                return decision.reply(reply);
+                flight
+                    .log
+                    .push(format!("jwt_authn: denied rule={rule} reason={}", e.code()));
+                let reply = e.denial().to_reply(&jwt::realm(jwt_cfg, &flight.req));
+                return (flight.decision(Step::Reply(reply)), None);
             }
             Ok(identities) => {
                 let who: Vec<&str> = identities.iter().map(|i| i.provider.as_str()).collect();
-                log.push(format!(
+                flight.log.push(format!(
                     "jwt_authn: allowed rule={rule} providers=[{}]",
                     who.join(",")
                 ));
-                decision.identities = identities;
-                req.apply(&outcome.header_ops);
-                ops.extend(outcome.header_ops);
+                flight.identities = identities;
+                flight.req.apply(&outcome.header_ops);
+                flight.ops.extend(outcome.header_ops);
             }
         }
     }
+    match &cfg.ext_authz {
+        Some(authz) if authz.enabled_for(&flight.req) => match &authz.with_request_body {
+            Some(body) => {
+                let step = Step::BufferBody {
+                    max_bytes: body.max_bytes,
+                };
+                (flight.decision(step), Some(flight))
+            }
+            None => ask_auth_service(cfg, authz, store, flight, None, now),
+        },
+        Some(_) => {
+            flight.counters.push(Counter::ExtAuthzDisabled);
+            (finish(cfg, flight), None)
+        }
+        None => (finish(cfg, flight), None),
+    }
+}
+
+/// The buffered body (at most `max_bytes`; `truncated` when the client sent more).
+pub fn on_request_body(
+    cfg: &FilterConfig,
+    store: &dyn SharedStore,
+    flight: InFlight,
+    body: &[u8],
+    truncated: bool,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    let mut flight = flight;
+    let Some(authz) = &cfg.ext_authz else {
+        return (finish(cfg, flight), None);
+    };
+    let allow_partial = authz
+        .with_request_body
+        .as_ref()
+        .is_some_and(|b| b.allow_partial);
+    if truncated && !allow_partial {
+        flight
+            .log
+            .push("ext_authz: request body above max_request_bytes".into());
+        let reply = LocalReply::json_error(
+            413,
+            "payload_too_large",
+            "the request body is larger than the auth check accepts",
+        );
+        return (flight.decision(Step::Reply(reply)), None);
+    }
+    ask_auth_service(cfg, authz, store, flight, Some((body, truncated)), now)
+}
+
+fn ask_auth_service(
+    cfg: &FilterConfig,
+    authz: &ExtAuthz,
+    store: &dyn SharedStore,
+    mut flight: InFlight,
+    body: Option<(&[u8], bool)>,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    if let Some(cache_cfg) = &authz.decision_cache {
+        let key = decision_cache::key(cache_cfg, &flight.req, body.map(|(b, _)| b));
+        if let Some(decision) =
+            decision_cache::lookup(cache_cfg, &authz.cache_namespace, store, &key, now)
+        {
+            flight.counters.push(Counter::ExtAuthzCacheHit);
+            flight.log.push("ext_authz: cached decision".into());
+            return (apply_decision(cfg, authz, flight, &decision), None);
+        }
+        flight.counters.push(Counter::ExtAuthzCacheMiss);
+        flight.cache_key = Some(key);
+    }
+    let request = authz.check_request(&flight.req, &flight.identities, body);
+    (flight.decision(Step::Callout(request)), Some(flight))
+}
+
+/// The auth service's reply (or its absence: `status: None`).
+pub fn on_callout_response(
+    cfg: &FilterConfig,
+    store: &dyn SharedStore,
+    mut flight: InFlight,
+    reply: CalloutResponse,
+    now: u64,
+) -> Decision {
+    let Some(authz) = &cfg.ext_authz else {
+        return finish(cfg, flight);
+    };
+    let decision = authz.decide(&reply);
+    if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, &flight.cache_key) {
+        decision_cache::remember(
+            cache_cfg,
+            &authz.cache_namespace,
+            store,
+            key,
+            &decision,
+            reply.header("cache-control"),
+            now,
+        );
+    }
+    let status = reply.status.map_or("none".to_string(), |s| s.to_string());
+    flight
+        .log
+        .push(format!("ext_authz: service status={status}"));
+    apply_decision(cfg, authz, flight, &decision)
+}
+
+/// The host could not send the callout at all.
+pub fn on_callout_failed(cfg: &FilterConfig, mut flight: InFlight) -> Decision {
+    flight
+        .log
+        .push("ext_authz: the call could not be dispatched".into());
+    match &cfg.ext_authz {
+        Some(authz) => apply_decision(
+            cfg,
+            authz,
+            flight,
+            &AuthDecision::Error(ErrorKind::DispatchFailed),
+        ),
+        None => finish(cfg, flight),
+    }
+}
+
+fn apply_decision(
+    cfg: &FilterConfig,
+    authz: &ExtAuthz,
+    mut flight: InFlight,
+    decision: &AuthDecision,
+) -> Decision {
+    match authz.resolve(decision, &flight.req, &mut flight.counters) {
+        Verdict::Denied(reply) => {
+            flight.log.push(format!("ext_authz: {}", reply.details));
+            flight.decision(Step::Reply(reply))
+        }
+        Verdict::Allowed {
+            ops,
+            client_headers,
+        } => {
+            flight.log.push("ext_authz: allowed".into());
+            flight.req.apply(&ops);
+            flight.ops.extend(ops);
+            let mut d = finish(cfg, flight);
+            if matches!(d.step, Step::Continue(_)) {
+                d.response_headers = client_headers;
+            }
+            d
+        }
+    }
+}
+
+/// Stage 3 and the final step.
+fn finish(cfg: &FilterConfig, mut flight: InFlight) -> Decision {
+    let mut properties = Vec::new();
     if let Some(creds) = &cfg.upstream_credentials {
-        match creds.plan(&req, &decision.identities) {
-            CredentialOutcome::Inject {
-                ops: cred_ops,
-                backend,
-            } => {
-                decision.counters.push(Counter::CredentialsInjected);
-                log.push(format!("upstream_credentials: backend={backend}"));
-                decision.properties.push((BACKEND_PROPERTY, backend));
-                ops.extend(cred_ops);
+        match creds.plan(&flight.req, &flight.identities) {
+            CredentialOutcome::Inject { ops, backend } => {
+                flight.counters.push(Counter::CredentialsInjected);
+                flight
+                    .log
+                    .push(format!("upstream_credentials: backend={backend}"));
+                properties.push((BACKEND_PROPERTY, backend));
+                flight.ops.extend(ops);
             }
             CredentialOutcome::PassThrough => {
-                decision.counters.push(Counter::CredentialsPassedThrough);
-                log.push("upstream_credentials: pass_through".into());
+                flight.counters.push(Counter::CredentialsPassedThrough);
+                flight.log.push("upstream_credentials: pass_through".into());
             }
             CredentialOutcome::Deny(reply) => {
-                decision.counters.push(Counter::CredentialsDenied);
-                log.push(format!("upstream_credentials: denied ({})", reply.details));
-                decision.log = log.join("; ");
-                return decision.reply(reply);
+                flight.counters.push(Counter::CredentialsDenied);
+                flight
+                    .log
+                    .push(format!("upstream_credentials: denied ({})", reply.details));
+                return flight.decision(Step::Reply(reply));
             }
         }
     }
-    decision.log = log.join("; ");
-    decision.step = Step::Continue(ops);
-    decision
+    let ops = std::mem::take(&mut flight.ops);
+    let mut d = flight.decision(Step::Continue(ops));
+    d.properties = properties;
+    d
 }

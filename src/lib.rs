@@ -14,8 +14,10 @@
 //!
 //! Everything but `host` is plain Rust with native unit tests.
 
+pub mod callout;
 pub mod config;
 pub mod credentials;
+pub mod ext_authz;
 pub mod flow;
 pub mod jwt;
 pub mod request;

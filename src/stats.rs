@@ -15,10 +15,17 @@ pub enum Counter {
     CredentialsInjected,
     CredentialsPassedThrough,
     CredentialsDenied,
+    ExtAuthzOk,
+    ExtAuthzDenied,
+    ExtAuthzError,
+    ExtAuthzFailureModeAllowed,
+    ExtAuthzDisabled,
+    ExtAuthzCacheHit,
+    ExtAuthzCacheMiss,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 15] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -27,6 +34,13 @@ impl Counter {
         Counter::CredentialsInjected,
         Counter::CredentialsPassedThrough,
         Counter::CredentialsDenied,
+        Counter::ExtAuthzOk,
+        Counter::ExtAuthzDenied,
+        Counter::ExtAuthzError,
+        Counter::ExtAuthzFailureModeAllowed,
+        Counter::ExtAuthzDisabled,
+        Counter::ExtAuthzCacheHit,
+        Counter::ExtAuthzCacheMiss,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -40,6 +54,13 @@ impl Counter {
             Counter::CredentialsInjected => "upstream_credentials.injected",
             Counter::CredentialsPassedThrough => "upstream_credentials.passed_through",
             Counter::CredentialsDenied => "upstream_credentials.denied",
+            Counter::ExtAuthzOk => "ext_authz.ok",
+            Counter::ExtAuthzDenied => "ext_authz.denied",
+            Counter::ExtAuthzError => "ext_authz.error",
+            Counter::ExtAuthzFailureModeAllowed => "ext_authz.failure_mode_allowed",
+            Counter::ExtAuthzDisabled => "ext_authz.disabled",
+            Counter::ExtAuthzCacheHit => "ext_authz.decision_cache_hit",
+            Counter::ExtAuthzCacheMiss => "ext_authz.decision_cache_miss",
         }
     }
 

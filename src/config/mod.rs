@@ -11,8 +11,11 @@ pub mod unique_map;
 pub use error::ConfigError;
 
 use crate::credentials::{RawUpstreamCredentials, UpstreamCredentials};
+use crate::ext_authz::config::RawExtAuthz;
+use crate::ext_authz::ExtAuthz;
 use crate::jwt::config::{JwtAuthn, RawJwtAuthn};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 /// Where secrets and JWKS given as `environment_variable` are looked up:
 /// in the VM, the variables Envoy passes through `vm_config.environment_variables`.
@@ -39,6 +42,7 @@ impl<F: Fn(&str) -> Option<String>> Environment for F {
 #[serde(deny_unknown_fields)]
 struct RawFilterConfig {
     jwt_authn: Option<RawJwtAuthn>,
+    ext_authz: Option<RawExtAuthz>,
     upstream_credentials: Option<RawUpstreamCredentials>,
 }
 
@@ -46,6 +50,7 @@ struct RawFilterConfig {
 #[derive(Debug, Default)]
 pub struct FilterConfig {
     pub jwt_authn: Option<JwtAuthn>,
+    pub ext_authz: Option<ExtAuthz>,
     pub upstream_credentials: Option<UpstreamCredentials>,
 }
 
@@ -56,7 +61,7 @@ impl FilterConfig {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new(
                 "",
-                "the plugin configuration is empty; set at least one of jwt_authn, upstream_credentials",
+                "the plugin configuration is empty; set at least one of jwt_authn, ext_authz, upstream_credentials",
             ));
         }
         let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -80,20 +85,30 @@ impl FilterConfig {
             .jwt_authn
             .map(|j| JwtAuthn::compile(j, env).map_err(|e| e.under("jwt_authn")))
             .transpose()?;
+        let ext_authz = raw
+            .ext_authz
+            .map(|x| ExtAuthz::compile(x).map_err(|e| e.under("ext_authz")))
+            .transpose()?
+            .map(|mut x| {
+                let digest = Sha256::digest(bytes);
+                x.cache_namespace = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+                x
+            });
         let upstream_credentials = raw
             .upstream_credentials
             .map(|u| {
                 UpstreamCredentials::compile(u, env).map_err(|e| e.under("upstream_credentials"))
             })
             .transpose()?;
-        if jwt_authn.is_none() && upstream_credentials.is_none() {
+        if jwt_authn.is_none() && ext_authz.is_none() && upstream_credentials.is_none() {
             return Err(ConfigError::new(
                 "",
-                "no stage is configured; set at least one of jwt_authn, upstream_credentials",
+                "no stage is configured; set at least one of jwt_authn, ext_authz, upstream_credentials",
             ));
         }
         Ok(FilterConfig {
             jwt_authn,
+            ext_authz,
             upstream_credentials,
         })
     }

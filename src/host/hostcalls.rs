@@ -1,5 +1,6 @@
 //! Result-returning wrappers over the hostcalls we use.
 
+use crate::callout::{CalloutRequest, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use std::time::UNIX_EPOCH;
@@ -67,5 +68,65 @@ pub fn route_property(name: &str) -> Option<String> {
 pub fn set_filter_state(name: &str, value: &str) {
     if let Err(status) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
         log::debug!("ai_auth: cannot set property {name}: {status:?}");
+    }
+}
+
+pub fn resume_request() -> Result<(), Status> {
+    hostcalls::resume_http_request()
+}
+
+pub fn add_response_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value.as_bytes())
+}
+
+/// The first `max` bytes of the buffered request body.
+pub fn request_body(max: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, max)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub fn dispatch(request: &CalloutRequest) -> Result<u32, Status> {
+    let headers: Vec<(&str, &str)> = request
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let body = (!request.body.is_empty()).then_some(request.body.as_slice());
+    hostcalls::dispatch_http_call(&request.cluster, headers, body, vec![], request.timeout)
+}
+
+/// Callout reply headers; values that are not UTF-8 are replaced, never unwrapped.
+pub fn callout_response_headers() -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect()
+}
+
+pub fn callout_response_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// proxy-wasm shared data: one store for every VM of the plugin.
+pub struct SharedData;
+
+impl SharedStore for SharedData {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key)
+            .ok()
+            .and_then(|(value, _cas)| value)
+    }
+
+    fn set(&self, key: &str, value: &[u8]) {
+        // A lost race (CAS mismatch) only costs a later cache miss.
+        if let Err(status) = hostcalls::set_shared_data(key, Some(value), None) {
+            log::debug!("ai_auth: cannot store shared data: {status:?}");
+        }
     }
 }

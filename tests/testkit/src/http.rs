@@ -273,8 +273,12 @@ impl Server {
     }
 
     /// On a given port (0: the OS picks one).
-    pub fn start_on(port: u16, handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+    pub fn start_on(
+        port: u16,
+        handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static,
+    ) -> Server {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
         let port = listener.local_addr().expect("local addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Arc::new(handler)));

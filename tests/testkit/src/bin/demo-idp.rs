@@ -28,7 +28,10 @@ fn main() {
     let port: u16 = port.parse().expect("port");
     let pem = std::fs::read_to_string(pem_path).expect("signing key");
     let key = TestKey::rsa_pem(&pem, "demo-key-1").expect("RSA key");
-    let issuer = args.get(3).cloned().unwrap_or_else(|| format!("http://127.0.0.1:{port}/realms/demo"));
+    let issuer = args
+        .get(3)
+        .cloned()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{port}/realms/demo"));
     let public_jwks = {
         let mut j = jwks(&[&key]);
         j["keys"][0]["alg"] = json!("RS256");
@@ -44,9 +47,19 @@ fn main() {
                 if r.method == "POST" {
                     p.extend(params(&String::from_utf8_lossy(&r.body)));
                 }
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-                let expires_in: i64 = p.get("expires_in").and_then(|v| v.parse().ok()).unwrap_or(300);
-                let roles: Vec<&str> = p.get("roles").map_or("llm-user", String::as_str).split(',').collect();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                let expires_in: i64 = p
+                    .get("expires_in")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(300);
+                let roles: Vec<&str> = p
+                    .get("roles")
+                    .map_or("llm-user", String::as_str)
+                    .split(',')
+                    .collect();
                 let claims = json!({
                     "iss": iss,
                     "aud": p.get("aud").map_or("llm-gateway", String::as_str),
@@ -60,18 +73,30 @@ fn main() {
                 });
                 let token = key.sign(&claims);
                 if r.method == "POST" {
-                    Action::json(200, &json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in}))
+                    Action::json(
+                        200,
+                        &json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in}),
+                    )
                 } else {
-                    Action::Respond { status: 200, headers: vec![("content-type".into(), "text/plain".into())], body: token.into_bytes() }
+                    Action::Respond {
+                        status: 200,
+                        headers: vec![("content-type".into(), "text/plain".into())],
+                        body: token.into_bytes(),
+                    }
                 }
             }
-            ("GET", p) if p.ends_with("/.well-known/openid-configuration") => Action::json(200, &json!({
-                "issuer": iss,
-                "jwks_uri": format!("{iss}/protocol/openid-connect/certs"),
-                "token_endpoint": format!("{iss}/protocol/openid-connect/token"),
-                "id_token_signing_alg_values_supported": ["RS256"],
-            })),
-            ("GET", p) if p.ends_with("/protocol/openid-connect/certs") => Action::json(200, &public_jwks),
+            ("GET", p) if p.ends_with("/.well-known/openid-configuration") => Action::json(
+                200,
+                &json!({
+                    "issuer": iss,
+                    "jwks_uri": format!("{iss}/protocol/openid-connect/certs"),
+                    "token_endpoint": format!("{iss}/protocol/openid-connect/token"),
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                }),
+            ),
+            ("GET", p) if p.ends_with("/protocol/openid-connect/certs") => {
+                Action::json(200, &public_jwks)
+            }
             _ => Action::json(404, &json!({"error": "not_found"})),
         }
     });

@@ -1,0 +1,99 @@
+//! Host-neutral HTTP callouts: what the core asks the host to send, and the
+//! reply as the core sees it.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalloutRequest {
+    /// Envoy cluster to send it to.
+    pub cluster: String,
+    /// Pseudo-headers first (`:method`, `:path`, `:authority`), then the rest.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// A reply; `status` is `None` when there was no HTTP answer at all
+/// (timeout, reset, connection refused, a reply that was not HTTP).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CalloutResponse {
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl CalloutResponse {
+    /// From the raw header list the host read: `:status` becomes `status`.
+    pub fn from_headers(headers: Vec<(String, String)>, body: Vec<u8>) -> Self {
+        let mut status = None;
+        let mut rest = Vec::with_capacity(headers.len());
+        for (k, v) in headers {
+            if k == ":status" {
+                status = v.trim().parse().ok();
+            } else if !k.starts_with(':') {
+                rest.push((k.to_ascii_lowercase(), v));
+            }
+        }
+        CalloutResponse {
+            status,
+            headers: rest,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Key-value storage shared by every VM of the plugin (proxy-wasm shared data).
+pub trait SharedStore {
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn set(&self, key: &str, value: &[u8]);
+}
+
+/// A store that keeps nothing (caching off, or tests without one).
+pub struct NoStore;
+
+impl SharedStore for NoStore {
+    fn get(&self, _key: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn set(&self, _key: &str, _value: &[u8]) {}
+}
+
+/// An in-memory store for native tests.
+#[derive(Default)]
+pub struct MemoryStore(pub std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>);
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.borrow().get(key).cloned()
+    }
+    fn set(&self, key: &str, value: &[u8]) {
+        self.0.borrow_mut().insert(key.to_string(), value.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_taken_from_pseudo_header() {
+        let r = CalloutResponse::from_headers(
+            vec![
+                (":status".into(), "403".into()),
+                ("X-Reason".into(), "no".into()),
+            ],
+            b"body".to_vec(),
+        );
+        assert_eq!(r.status, Some(403));
+        assert_eq!(r.header("x-reason"), Some("no"));
+        let none = CalloutResponse::from_headers(vec![], vec![]);
+        assert_eq!(none.status, None);
+    }
+}

@@ -1,0 +1,366 @@
+//! The `ext_authz` section, named as Envoy's `ext_authz` with an `http_service`.
+
+use crate::config::{duration, ConfigError};
+use crate::response::is_valid_header_value;
+use crate::route::{RawRouteMatch, RawStringMatcher, RouteMatch, StringMatcher};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Envoy's default `ext_authz` timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
+/// Envoy's default `status_on_error`.
+const DEFAULT_STATUS_ON_ERROR: u16 = 403;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExtAuthz {
+    http_service: RawHttpService,
+    #[serde(default)]
+    failure_mode_allow: bool,
+    #[serde(default)]
+    failure_mode_allow_header_add: bool,
+    status_on_error: Option<RawHttpStatus>,
+    with_request_body: Option<RawBufferSettings>,
+    /// Verified JWT claims sent to the auth service as headers.
+    #[serde(default)]
+    claims_to_headers: Vec<RawClaimHeader>,
+    /// Per-route switch, first match wins: `{"match": {...}, "disabled": true}`.
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    decision_cache: Option<RawDecisionCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpService {
+    server_uri: RawHttpUri,
+    #[serde(default)]
+    path_prefix: String,
+    authorization_request: Option<RawAuthorizationRequest>,
+    authorization_response: Option<RawAuthorizationResponse>,
+}
+
+/// Envoy's `HttpUri`: `uri` for the authority, `cluster` to send to, `timeout`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpUri {
+    uri: String,
+    cluster: String,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorizationRequest {
+    allowed_headers: Option<RawListMatcher>,
+    #[serde(default)]
+    headers_to_add: Vec<RawHeaderValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorizationResponse {
+    allowed_upstream_headers: Option<RawListMatcher>,
+    allowed_upstream_headers_to_append: Option<RawListMatcher>,
+    allowed_client_headers: Option<RawListMatcher>,
+    allowed_client_headers_on_success: Option<RawListMatcher>,
+}
+
+/// Envoy's `ListStringMatcher`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListMatcher {
+    patterns: Vec<RawStringMatcher>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderValue {
+    key: String,
+    value: String,
+}
+
+/// Envoy's `HttpStatus` (`{"code": 503}`), or a bare number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawHttpStatus {
+    Code(u16),
+    Object { code: u16 },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBufferSettings {
+    max_request_bytes: usize,
+    #[serde(default)]
+    allow_partial_message: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimHeader {
+    claim_name: String,
+    header_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match", default)]
+    route: RawRouteMatch,
+    #[serde(default)]
+    disabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecisionCache {
+    /// Request headers that, with method and path, identify a decision.
+    key_headers: Vec<String>,
+    #[serde(deserialize_with = "duration::deserialize")]
+    ttl: Duration,
+    /// Denials are cached only when set, and for this (short) time.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    denied_ttl: Option<Duration>,
+    max_entries: Option<usize>,
+}
+
+/// Header names matched against patterns (names are lowercase; patterns are folded).
+#[derive(Debug, Default)]
+pub struct HeaderList(Vec<StringMatcher>);
+
+impl HeaderList {
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.iter().any(|m| m.matches(name))
+    }
+
+    fn compile(raw: Option<RawListMatcher>, field: &str) -> Result<Option<Self>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let mut out = Vec::new();
+        for (i, mut p) in raw.patterns.into_iter().enumerate() {
+            // Header names are case-insensitive.
+            p.ignore_case = true;
+            out.push(
+                StringMatcher::compile(&p)
+                    .map_err(|e| e.under(&format!("{field}.patterns[{i}]")))?,
+            );
+        }
+        Ok(Some(HeaderList(out)))
+    }
+}
+
+#[derive(Debug)]
+pub struct DecisionCacheConfig {
+    pub key_headers: Vec<String>,
+    pub ttl_secs: u64,
+    pub denied_ttl_secs: u64,
+    pub max_entries: usize,
+}
+
+#[derive(Debug)]
+pub struct BodyPolicy {
+    pub max_bytes: usize,
+    pub allow_partial: bool,
+}
+
+#[derive(Debug)]
+pub struct ExtAuthz {
+    pub cluster: String,
+    pub timeout: Duration,
+    pub path_prefix: String,
+    pub allowed_headers: HeaderList,
+    pub headers_to_add: Vec<(String, String)>,
+    pub upstream_headers: HeaderList,
+    pub upstream_headers_to_append: HeaderList,
+    /// `None`: every header of a denial goes to the client (Envoy's default).
+    pub client_headers: Option<HeaderList>,
+    pub client_headers_on_success: HeaderList,
+    pub failure_mode_allow: bool,
+    pub failure_mode_allow_header_add: bool,
+    pub status_on_error: u16,
+    pub with_request_body: Option<BodyPolicy>,
+    pub claims_to_headers: Vec<(String, Vec<String>)>,
+    pub rules: Vec<(RouteMatch, bool)>,
+    pub decision_cache: Option<DecisionCacheConfig>,
+    /// Separates this plugin's cached decisions from another plugin's in the
+    /// same VM (set from a hash of the whole plugin configuration).
+    pub cache_namespace: String,
+}
+
+fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    let ok = !lower.is_empty()
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(lower)
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("`{name}` is not a valid header name"),
+        ))
+    }
+}
+
+impl ExtAuthz {
+    pub fn compile(raw: RawExtAuthz) -> Result<Self, ConfigError> {
+        let svc = raw.http_service;
+        if svc.server_uri.cluster.is_empty() {
+            return Err(ConfigError::new(
+                "http_service.server_uri.cluster",
+                "must not be empty",
+            ));
+        }
+        if !(svc.server_uri.uri.starts_with("http://")
+            || svc.server_uri.uri.starts_with("https://"))
+        {
+            return Err(ConfigError::new(
+                "http_service.server_uri.uri",
+                "must be an http:// or https:// URI",
+            ));
+        }
+        let timeout = svc.server_uri.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(ConfigError::new(
+                "http_service.server_uri.timeout",
+                "must be greater than 0",
+            ));
+        }
+        if !svc.path_prefix.is_empty() && !svc.path_prefix.starts_with('/') {
+            return Err(ConfigError::new(
+                "http_service.path_prefix",
+                "must start with `/`",
+            ));
+        }
+        let req = svc.authorization_request.unwrap_or_default();
+        let resp = svc.authorization_response.unwrap_or_default();
+        let rq = "http_service.authorization_request";
+        let rs = "http_service.authorization_response";
+        let mut headers_to_add = Vec::new();
+        for (i, h) in req.headers_to_add.iter().enumerate() {
+            let field = format!("{rq}.headers_to_add[{i}]");
+            if !is_valid_header_value(&h.value) {
+                return Err(ConfigError::new(
+                    format!("{field}.value"),
+                    "has control characters",
+                ));
+            }
+            headers_to_add.push((
+                header_name(&h.key, &format!("{field}.key"))?,
+                h.value.clone(),
+            ));
+        }
+        let status_on_error = match raw.status_on_error {
+            None => DEFAULT_STATUS_ON_ERROR,
+            Some(RawHttpStatus::Code(c)) | Some(RawHttpStatus::Object { code: c }) => c,
+        };
+        if !(200..=599).contains(&status_on_error) {
+            return Err(ConfigError::new(
+                "status_on_error",
+                "must be an HTTP status between 200 and 599",
+            ));
+        }
+        let with_request_body = match raw.with_request_body {
+            None => None,
+            Some(b) if b.max_request_bytes == 0 => {
+                return Err(ConfigError::new(
+                    "with_request_body.max_request_bytes",
+                    "must be greater than 0",
+                ))
+            }
+            Some(b) => Some(BodyPolicy {
+                max_bytes: b.max_request_bytes,
+                allow_partial: b.allow_partial_message,
+            }),
+        };
+        let mut claims_to_headers = Vec::new();
+        for (i, c) in raw.claims_to_headers.iter().enumerate() {
+            let field = format!("claims_to_headers[{i}]");
+            if c.claim_name.is_empty() || c.claim_name.split('.').any(str::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{field}.claim_name"),
+                    "must be a claim name or dotted path",
+                ));
+            }
+            claims_to_headers.push((
+                header_name(&c.header_name, &format!("{field}.header_name"))?,
+                c.claim_name.split('.').map(str::to_string).collect(),
+            ));
+        }
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.iter().enumerate() {
+            rules.push((
+                RouteMatch::compile(&r.route).map_err(|e| e.under(&format!("rules[{i}].match")))?,
+                r.disabled,
+            ));
+        }
+        let decision_cache = match raw.decision_cache {
+            None => None,
+            Some(c) => {
+                let mut key_headers = Vec::new();
+                for (i, h) in c.key_headers.iter().enumerate() {
+                    key_headers.push(header_name(h, &format!("decision_cache.key_headers[{i}]"))?);
+                }
+                let max_entries = c.max_entries.unwrap_or(1024);
+                if max_entries == 0 || max_entries > 1_000_000 {
+                    return Err(ConfigError::new(
+                        "decision_cache.max_entries",
+                        "must be between 1 and 1000000",
+                    ));
+                }
+                if c.ttl.as_secs() == 0 {
+                    return Err(ConfigError::new(
+                        "decision_cache.ttl",
+                        "must be at least one second",
+                    ));
+                }
+                Some(DecisionCacheConfig {
+                    key_headers,
+                    ttl_secs: c.ttl.as_secs(),
+                    denied_ttl_secs: c.denied_ttl.map_or(0, |d| d.as_secs()),
+                    max_entries,
+                })
+            }
+        };
+        Ok(ExtAuthz {
+            cluster: svc.server_uri.cluster,
+            timeout,
+            path_prefix: svc.path_prefix,
+            allowed_headers: HeaderList::compile(
+                req.allowed_headers,
+                &format!("{rq}.allowed_headers"),
+            )?
+            .unwrap_or_default(),
+            headers_to_add,
+            upstream_headers: HeaderList::compile(
+                resp.allowed_upstream_headers,
+                &format!("{rs}.allowed_upstream_headers"),
+            )?
+            .unwrap_or_default(),
+            upstream_headers_to_append: HeaderList::compile(
+                resp.allowed_upstream_headers_to_append,
+                &format!("{rs}.allowed_upstream_headers_to_append"),
+            )?
+            .unwrap_or_default(),
+            client_headers: HeaderList::compile(
+                resp.allowed_client_headers,
+                &format!("{rs}.allowed_client_headers"),
+            )?,
+            client_headers_on_success: HeaderList::compile(
+                resp.allowed_client_headers_on_success,
+                &format!("{rs}.allowed_client_headers_on_success"),
+            )?
+            .unwrap_or_default(),
+            failure_mode_allow: raw.failure_mode_allow,
+            failure_mode_allow_header_add: raw.failure_mode_allow_header_add,
+            status_on_error,
+            with_request_body,
+            claims_to_headers,
+            rules,
+            decision_cache,
+            cache_namespace: String::new(),
+        })
+    }
+}

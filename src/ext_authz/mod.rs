@@ -1,0 +1,275 @@
+//! Stage 2: passthrough auth. The filter asks an external auth service over
+//! HTTP whether the request may go on, with the semantics of Envoy's
+//! `ext_authz` `http_service`, plus what Envoy lacks: a decision cache, and
+//! the service's identity headers stripped from the client's request.
+
+pub mod cache;
+pub mod config;
+
+use crate::callout::{CalloutRequest, CalloutResponse};
+use crate::jwt::claims::header_value;
+use crate::jwt::Identity;
+use crate::request::RequestView;
+use crate::response::{HeaderOp, LocalReply};
+use crate::stats::Counter;
+pub use config::ExtAuthz;
+use serde::{Deserialize, Serialize};
+
+/// Header Envoy's `ext_authz` adds when an auth-service error was let through.
+pub const FAILURE_MODE_ALLOWED_HEADER: &str = "x-envoy-auth-failure-mode-allowed";
+/// Header telling the auth service whether the body it got was cut.
+pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+
+/// Response headers never copied from the auth service's answer.
+const HOP_BY_HOP: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
+/// What the auth service said, before `failure_mode_allow` is considered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthDecision {
+    Allow {
+        /// Headers that overwrite the request's.
+        upstream_set: Vec<(String, String)>,
+        /// Headers appended to the request's.
+        upstream_append: Vec<(String, String)>,
+        /// Headers added to the client's response (`allowed_client_headers_on_success`).
+        client: Vec<(String, String)>,
+    },
+    Deny {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// No usable answer. Turned into a denial (`status_on_error`) or, only
+    /// through `failure_mode_allow`, into an allow.
+    Error(ErrorKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Timeout, reset, connection refused, a reply that was not HTTP.
+    NoResponse,
+    /// The service answered 5xx.
+    ServerError(u16),
+    /// The host could not send the call (unknown cluster...).
+    DispatchFailed,
+}
+
+impl ErrorKind {
+    pub fn describe(self) -> String {
+        match self {
+            ErrorKind::NoResponse => "no response (timeout, reset or not HTTP)".into(),
+            ErrorKind::ServerError(s) => format!("auth service answered {s}"),
+            ErrorKind::DispatchFailed => "the call could not be sent".into(),
+        }
+    }
+}
+
+/// The stage's answer once `failure_mode_allow` has been applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed {
+        ops: Vec<HeaderOp>,
+        client_headers: Vec<(String, String)>,
+    },
+    Denied(LocalReply),
+}
+
+impl ExtAuthz {
+    /// The request to the auth service, built from the request as the
+    /// earlier stages left it.
+    pub fn check_request(
+        &self,
+        req: &RequestView,
+        identities: &[Identity],
+        body: Option<(&[u8], bool)>,
+    ) -> CalloutRequest {
+        let mut headers = vec![
+            (":method".to_string(), req.method().to_string()),
+            (
+                ":path".to_string(),
+                format!("{}{}", self.path_prefix, req.path()),
+            ),
+            (":authority".to_string(), req.authority().to_string()),
+        ];
+        for (name, value) in req.headers() {
+            let implicit = matches!(name.as_str(), "authorization" | "host");
+            if (implicit || self.allowed_headers.matches(name)) && name != "content-length" {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        for (name, path) in &self.claims_to_headers {
+            headers.retain(|(k, _)| k != name);
+            if let Some(value) = identities
+                .iter()
+                .find_map(|id| id.claims.lookup(path).and_then(header_value))
+            {
+                headers.push((name.clone(), value));
+            }
+        }
+        let body = match body {
+            Some((bytes, partial)) => {
+                headers.push((PARTIAL_BODY_HEADER.to_string(), partial.to_string()));
+                bytes.to_vec()
+            }
+            None => Vec::new(),
+        };
+        headers.push(("content-length".to_string(), body.len().to_string()));
+        for (k, v) in &self.headers_to_add {
+            headers.retain(|(name, _)| name != k);
+            headers.push((k.clone(), v.clone()));
+        }
+        CalloutRequest {
+            cluster: self.cluster.clone(),
+            headers,
+            body,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Maps the auth service's reply to a decision: 2xx allows, 5xx and
+    /// no answer are errors, any other status denies.
+    pub fn decide(&self, reply: &CalloutResponse) -> AuthDecision {
+        let Some(status) = reply.status else {
+            return AuthDecision::Error(ErrorKind::NoResponse);
+        };
+        let copyable = |name: &str| !HOP_BY_HOP.contains(&name) && !name.starts_with(':');
+        match status {
+            200..=299 => {
+                let pick = |list: &config::HeaderList| -> Vec<(String, String)> {
+                    reply
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| copyable(k) && list.matches(k))
+                        .cloned()
+                        .collect()
+                };
+                AuthDecision::Allow {
+                    upstream_set: pick(&self.upstream_headers),
+                    upstream_append: pick(&self.upstream_headers_to_append),
+                    client: pick(&self.client_headers_on_success),
+                }
+            }
+            500..=599 => AuthDecision::Error(ErrorKind::ServerError(status)),
+            100..=199 => AuthDecision::Error(ErrorKind::NoResponse),
+            _ => {
+                // Envoy: with no allowed_client_headers, every header goes to the client.
+                let headers = reply
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        copyable(k)
+                            && k != "host"
+                            && self.client_headers.as_ref().is_none_or(|l| l.matches(k))
+                    })
+                    .cloned()
+                    .collect();
+                AuthDecision::Deny {
+                    status,
+                    headers,
+                    body: reply.body.clone(),
+                }
+            }
+        }
+    }
+
+    /// Applies `failure_mode_allow` and turns a decision into edits or a reply.
+    /// An error becomes an allow only here, and only when configured.
+    pub fn resolve(
+        &self,
+        decision: &AuthDecision,
+        req: &RequestView,
+        counters: &mut Vec<Counter>,
+    ) -> Verdict {
+        match decision {
+            AuthDecision::Allow {
+                upstream_set,
+                upstream_append,
+                client,
+            } => {
+                counters.push(Counter::ExtAuthzOk);
+                let mut ops = self.strip_service_owned_headers(req);
+                ops.extend(
+                    upstream_set
+                        .iter()
+                        .map(|(k, v)| HeaderOp::set(k.clone(), v.clone())),
+                );
+                ops.extend(
+                    upstream_append
+                        .iter()
+                        .map(|(k, v)| HeaderOp::Append(k.clone(), v.clone())),
+                );
+                Verdict::Allowed {
+                    ops,
+                    client_headers: client.clone(),
+                }
+            }
+            AuthDecision::Deny {
+                status,
+                headers,
+                body,
+            } => {
+                counters.push(Counter::ExtAuthzDenied);
+                Verdict::Denied(LocalReply {
+                    status: *status,
+                    headers: headers.clone(),
+                    body: body.clone(),
+                    details: format!("ext_authz_denied_{status}"),
+                })
+            }
+            AuthDecision::Error(kind) => {
+                counters.push(Counter::ExtAuthzError);
+                if self.failure_mode_allow {
+                    counters.push(Counter::ExtAuthzFailureModeAllowed);
+                    let mut ops = self.strip_service_owned_headers(req);
+                    if self.failure_mode_allow_header_add {
+                        ops.push(HeaderOp::set(FAILURE_MODE_ALLOWED_HEADER, "true"));
+                    }
+                    Verdict::Allowed {
+                        ops,
+                        client_headers: Vec::new(),
+                    }
+                } else {
+                    Verdict::Denied(LocalReply {
+                        status: self.status_on_error,
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                        details: format!("ext_authz_error: {}", kind.describe()),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Headers the auth service owns (`allowed_upstream_headers`) never come
+    /// from the client, whether or not the service sets them this time.
+    fn strip_service_owned_headers(&self, req: &RequestView) -> Vec<HeaderOp> {
+        let mut names: Vec<&str> = req
+            .headers()
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| self.upstream_headers.matches(k))
+            .collect();
+        names.dedup();
+        names.into_iter().map(HeaderOp::remove).collect()
+    }
+
+    /// Whether the stage runs for this request (per-route `disabled`).
+    pub fn enabled_for(&self, req: &RequestView) -> bool {
+        self.rules
+            .iter()
+            .find(|(route, _)| route.matches(req))
+            .is_none_or(|(_, disabled)| !disabled)
+    }
+}
+
+#[cfg(test)]
+mod tests;
