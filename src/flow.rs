@@ -6,9 +6,17 @@
 //! ```text
 //! on_request_headers ──► jwt ──► ext_authz? ──► credentials ──► Continue
 //!                                   │  ▲
-//!                  BufferBody ◄─────┤  │ on_request_body
-//!                  Callout    ◄─────┘  │ on_callout_response
+//!        ContinueAndBufferBody ◄────┤  │ on_request_body
+//!        Callout               ◄────┘  │ on_callout_response
 //! ```
+//!
+//! Body mode (`with_request_body`, request with a body): Envoy's proxy-wasm
+//! host turns a pause on request headers into "stop everything", so a filter
+//! that holds the headers never sees the body. In this mode the header edits
+//! (JWT, identity headers stripped, upstream credential) are applied at once,
+//! the headers are released, and the body is held until the auth service
+//! answers. Put Envoy's `envoy.filters.http.buffer` after this filter so the
+//! upstream sees nothing before the decision (the shipped configs do).
 
 use crate::callout::{CalloutRequest, CalloutResponse, SharedStore};
 use crate::config::FilterConfig;
@@ -27,9 +35,13 @@ pub enum Step {
     Continue(Vec<HeaderOp>),
     /// Answer the client directly.
     Reply(LocalReply),
-    /// Hold the request and buffer its body, up to `max_bytes`, then call
-    /// [`on_request_body`] (with `truncated` when there was more).
-    BufferBody { max_bytes: usize },
+    /// Apply these edits and release the headers, then hold and buffer the
+    /// body, up to `max_bytes`, and call [`on_request_body`] (with
+    /// `truncated` when there was more).
+    ContinueAndBufferBody {
+        ops: Vec<HeaderOp>,
+        max_bytes: usize,
+    },
     /// Hold the request, send this callout, then call [`on_callout_response`].
     Callout(CalloutRequest),
 }
@@ -74,6 +86,8 @@ pub struct InFlight {
     log: Vec<String>,
     counters: Vec<Counter>,
     cache_key: Option<DecisionKey>,
+    /// The headers went on (body mode): no header edit is possible any more.
+    headers_released: bool,
 }
 
 impl InFlight {
@@ -104,6 +118,7 @@ pub fn on_request_headers(
         log: Vec::new(),
         counters: Vec::new(),
         cache_key: None,
+        headers_released: false,
     };
     if let Some(jwt_cfg) = &cfg.jwt_authn {
         let outcome = jwt::authenticate(jwt_cfg, &flight.req, now, &mut state.jwt_cache);
@@ -131,19 +146,28 @@ pub fn on_request_headers(
     }
     match &cfg.ext_authz {
         Some(authz) if authz.enabled_for(&flight.req) => match &authz.with_request_body {
-            Some(body) => {
-                let step = Step::BufferBody {
-                    max_bytes: body.max_bytes,
-                };
-                (flight.decision(step), Some(flight))
+            Some(body) if flight.req.has_body() => {
+                // Body mode: every edit that can be known now, then release the headers.
+                let strip = authz.strip_service_owned_headers(&flight.req);
+                flight.req.apply(&strip);
+                flight.ops.extend(strip);
+                let max_bytes = body.max_bytes;
+                let mut d = finish(cfg, &mut flight);
+                if let Step::Continue(ops) = d.step {
+                    d.step = Step::ContinueAndBufferBody { ops, max_bytes };
+                    flight.headers_released = true;
+                    return (d, Some(flight));
+                }
+                (d, None)
             }
+            Some(_) => ask_auth_service(cfg, authz, store, flight, Some((&[], false)), now),
             None => ask_auth_service(cfg, authz, store, flight, None, now),
         },
         Some(_) => {
             flight.counters.push(Counter::ExtAuthzDisabled);
-            (finish(cfg, flight), None)
+            (finish(cfg, &mut flight), None)
         }
-        None => (finish(cfg, flight), None),
+        None => (finish(cfg, &mut flight), None),
     }
 }
 
@@ -158,7 +182,7 @@ pub fn on_request_body(
 ) -> (Decision, Option<InFlight>) {
     let mut flight = flight;
     let Some(authz) = &cfg.ext_authz else {
-        return (finish(cfg, flight), None);
+        return (flight.decision(Step::Continue(Vec::new())), None);
     };
     let allow_partial = authz
         .with_request_body
@@ -211,7 +235,7 @@ pub fn on_callout_response(
     now: u64,
 ) -> Decision {
     let Some(authz) = &cfg.ext_authz else {
-        return finish(cfg, flight);
+        return finish(cfg, &mut flight);
     };
     let decision = authz.decide(&reply);
     if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, &flight.cache_key) {
@@ -244,7 +268,7 @@ pub fn on_callout_failed(cfg: &FilterConfig, mut flight: InFlight) -> Decision {
             flight,
             &AuthDecision::Error(ErrorKind::DispatchFailed),
         ),
-        None => finish(cfg, flight),
+        None => finish(cfg, &mut flight),
     }
 }
 
@@ -264,9 +288,16 @@ fn apply_decision(
             client_headers,
         } => {
             flight.log.push("ext_authz: allowed".into());
+            if flight.headers_released {
+                // Body mode: the edits were made before the headers went on
+                // (the configuration refuses what could only be done now).
+                let mut d = flight.decision(Step::Continue(Vec::new()));
+                d.response_headers = client_headers;
+                return d;
+            }
             flight.req.apply(&ops);
             flight.ops.extend(ops);
-            let mut d = finish(cfg, flight);
+            let mut d = finish(cfg, &mut flight);
             if matches!(d.step, Step::Continue(_)) {
                 d.response_headers = client_headers;
             }
@@ -276,7 +307,7 @@ fn apply_decision(
 }
 
 /// Stage 3 and the final step.
-fn finish(cfg: &FilterConfig, mut flight: InFlight) -> Decision {
+fn finish(cfg: &FilterConfig, flight: &mut InFlight) -> Decision {
     let mut properties = Vec::new();
     if let Some(creds) = &cfg.upstream_credentials {
         match creds.plan(&flight.req, &flight.identities) {

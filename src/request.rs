@@ -17,6 +17,8 @@ pub struct RequestView {
     cluster: Option<String>,
     /// The Envoy route name, when the host provided it.
     route_name: Option<String>,
+    /// Whether a body follows the headers.
+    has_body: bool,
 }
 
 impl RequestView {
@@ -121,6 +123,14 @@ impl RequestView {
     pub fn set_route_info(&mut self, cluster: Option<String>, route_name: Option<String>) {
         self.cluster = cluster;
         self.route_name = route_name;
+    }
+
+    pub fn set_has_body(&mut self, has_body: bool) {
+        self.has_body = has_body;
+    }
+
+    pub fn has_body(&self) -> bool {
+        self.has_body
     }
 
     pub fn cluster(&self) -> Option<&str> {

@@ -324,6 +324,32 @@ impl ExtAuthz {
                 })
             }
         };
+        let upstream_headers = HeaderList::compile(
+            resp.allowed_upstream_headers,
+            &format!("{rs}.allowed_upstream_headers"),
+        )?;
+        let upstream_headers_to_append = HeaderList::compile(
+            resp.allowed_upstream_headers_to_append,
+            &format!("{rs}.allowed_upstream_headers_to_append"),
+        )?;
+        if with_request_body.is_some() {
+            // In body mode the headers are gone before the service answers (see flow.rs).
+            let refused = if upstream_headers.is_some() {
+                Some(format!("{rs}.allowed_upstream_headers"))
+            } else if upstream_headers_to_append.is_some() {
+                Some(format!("{rs}.allowed_upstream_headers_to_append"))
+            } else if raw.failure_mode_allow_header_add {
+                Some("failure_mode_allow_header_add".to_string())
+            } else {
+                None
+            };
+            if let Some(field) = refused {
+                return Err(ConfigError::new(
+                    field,
+                    "cannot be combined with with_request_body: Envoy's proxy-wasm ABI lets no filter edit request headers once it reads the body",
+                ));
+            }
+        }
         Ok(ExtAuthz {
             cluster: svc.server_uri.cluster,
             timeout,
@@ -334,16 +360,8 @@ impl ExtAuthz {
             )?
             .unwrap_or_default(),
             headers_to_add,
-            upstream_headers: HeaderList::compile(
-                resp.allowed_upstream_headers,
-                &format!("{rs}.allowed_upstream_headers"),
-            )?
-            .unwrap_or_default(),
-            upstream_headers_to_append: HeaderList::compile(
-                resp.allowed_upstream_headers_to_append,
-                &format!("{rs}.allowed_upstream_headers_to_append"),
-            )?
-            .unwrap_or_default(),
+            upstream_headers: upstream_headers.unwrap_or_default(),
+            upstream_headers_to_append: upstream_headers_to_append.unwrap_or_default(),
             client_headers: HeaderList::compile(
                 resp.allowed_client_headers,
                 &format!("{rs}.allowed_client_headers"),

@@ -251,7 +251,7 @@ impl ExtAuthz {
 
     /// Headers the auth service owns (`allowed_upstream_headers`) never come
     /// from the client, whether or not the service sets them this time.
-    fn strip_service_owned_headers(&self, req: &RequestView) -> Vec<HeaderOp> {
+    pub fn strip_service_owned_headers(&self, req: &RequestView) -> Vec<HeaderOp> {
         let mut names: Vec<&str> = req
             .headers()
             .iter()

@@ -301,33 +301,80 @@ fn errors_are_never_cached() {
     );
 }
 
+fn body_config(extra: Value) -> FilterConfig {
+    let mut v = base(extra);
+    v["http_service"]["authorization_response"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| k.starts_with("allowed_client"));
+    config(v)
+}
+
 #[test]
-fn body_policy_413_or_partial() {
-    let strict = config(base(json!({"with_request_body": {"max_request_bytes": 4}})));
+fn body_mode_releases_headers_then_decides_on_the_body() {
+    let strict = body_config(json!({"with_request_body": {"max_request_bytes": 4}}));
     let mut state = WorkerState::new(&strict);
     let store = MemoryStore::default();
-    let (d, flight) = flow::on_request_headers(&strict, &mut state, &store, req(&[]), 0);
-    assert_eq!(d.step, Step::BufferBody { max_bytes: 4 });
+    let mut r = req(&[("x-user-id", "spoofed")]);
+    r.set_has_body(true);
+    let (d, flight) = flow::on_request_headers(&strict, &mut state, &store, r, 0);
+    match d.step {
+        Step::ContinueAndBufferBody { ops, max_bytes } => {
+            assert_eq!(max_bytes, 4);
+            assert!(ops.is_empty(), "{ops:?}");
+        }
+        other => panic!("{other:?}"),
+    }
     let (d, _) = flow::on_request_body(&strict, &store, flight.unwrap(), b"abcd", true, 0);
     assert!(matches!(d.step, Step::Reply(ref r) if r.status == 413));
 
-    let partial = config(base(
+    let partial = body_config(
         json!({"with_request_body": {"max_request_bytes": 4, "allow_partial_message": true}}),
-    ));
-    let (_, flight) = flow::on_request_headers(
-        &partial,
-        &mut WorkerState::new(&partial),
-        &store,
-        req(&[]),
-        0,
     );
-    let (d, _) = flow::on_request_body(&partial, &store, flight.unwrap(), b"abcd", true, 0);
+    let mut r = req(&[]);
+    r.set_has_body(true);
+    let (_, flight) =
+        flow::on_request_headers(&partial, &mut WorkerState::new(&partial), &store, r, 0);
+    let (d, flight) = flow::on_request_body(&partial, &store, flight.unwrap(), b"abcd", true, 0);
     let Step::Callout(call) = d.step else {
         panic!()
     };
     assert_eq!(call.body, b"abcd");
     assert_eq!(header(&call.headers, PARTIAL_BODY_HEADER), Some("true"));
     assert_eq!(header(&call.headers, "content-length"), Some("4"));
+    // Allowed: nothing left to edit, the held body goes on.
+    let d = flow::on_callout_response(&partial, &store, flight.unwrap(), reply(200, &[], ""), 0);
+    assert_eq!(d.step, Step::Continue(vec![]));
+
+    // Without a body, the check happens on the headers with an empty body.
+    let (d, _) = flow::on_request_headers(
+        &partial,
+        &mut WorkerState::new(&partial),
+        &store,
+        req(&[]),
+        0,
+    );
+    let Step::Callout(call) = d.step else {
+        panic!()
+    };
+    assert_eq!(header(&call.headers, PARTIAL_BODY_HEADER), Some("false"));
+}
+
+#[test]
+fn body_mode_refuses_what_it_cannot_do() {
+    let e = FilterConfig::from_json(
+        &serde_json::to_vec(
+            &json!({"ext_authz": base(json!({"with_request_body": {"max_request_bytes": 4}}))}),
+        )
+        .unwrap(),
+        &|_: &str| None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.path,
+        "ext_authz.http_service.authorization_response.allowed_upstream_headers"
+    );
+    assert!(e.reason.contains("with_request_body"), "{e}");
 }
 
 #[test]

@@ -130,3 +130,7 @@ impl SharedStore for SharedData {
         }
     }
 }
+
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    hostcalls::set_effective_context(context_id)
+}

@@ -8,6 +8,7 @@
 mod hostcalls;
 mod http;
 mod root;
+mod stream;
 
 use proxy_wasm::types::LogLevel;
 

@@ -3,12 +3,14 @@
 
 use super::hostcalls;
 use super::http::HttpFilter;
+use super::stream::Pending;
 use crate::config::{FilterConfig, ProcessEnvironment};
 use crate::flow::WorkerState;
 use crate::stats::{self, Counter};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// What every request of this VM shares.
@@ -17,6 +19,12 @@ pub struct Shared {
     pub state: RefCell<WorkerState>,
     /// Metric ids, indexed by `Counter::index`.
     pub counters: Vec<Option<u32>>,
+    /// Streams waiting for their body or a callout, by context id.
+    pub pending: RefCell<HashMap<u32, Pending>>,
+    /// Callout token to the stream that waits for it.
+    pub callouts: RefCell<HashMap<u32, u32>>,
+    /// Headers to add to a stream's response, by context id.
+    pub response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
 }
 
 impl Shared {
@@ -74,6 +82,9 @@ impl RootContext for Root {
             config,
             state,
             counters,
+            pending: RefCell::new(HashMap::new()),
+            callouts: RefCell::new(HashMap::new()),
+            response_headers: RefCell::new(HashMap::new()),
         }));
         true
     }

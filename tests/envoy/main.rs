@@ -9,6 +9,7 @@
     clippy::indexing_slicing
 )]
 mod config_rejection;
+mod ext_authz_http;
 mod jwt_authn;
 mod layering;
 mod robustness;

@@ -259,15 +259,19 @@ impl Envoy {
 
 impl Drop for Envoy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "--- Envoy log tail ({}) ---\n{}",
-                self.dir.display(),
-                self.log_tail(60)
-            );
+            let log = self.stop();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    !l.contains("statically linked extensions") && !l.contains("]   envoy.")
+                })
+                .collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!("--- Envoy log tail ({}) ---\n{tail}", self.dir.display());
         } else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

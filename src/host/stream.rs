@@ -1,0 +1,246 @@
+//! Performing the core's decisions for a stream, from wherever the work
+//! continues: the stream's own callbacks or a callout reply.
+
+use super::hostcalls::{self, SharedData};
+use super::root::Shared;
+use crate::callout::CalloutResponse;
+use crate::flow::{self, Decision, InFlight, Step};
+use crate::response::{HeaderOp, LocalReply};
+use proxy_wasm::types::Action;
+
+pub enum Waiting {
+    /// The body, up to `max` bytes (body mode: the headers went on).
+    Body { max: usize },
+    /// The reply to callout `token`.
+    Callout { token: u32 },
+}
+
+pub struct Pending {
+    pub flight: InFlight,
+    pub waiting: Waiting,
+}
+
+/// Where the continuation runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// Inside the stream's own request callback: returning `Continue` resumes it.
+    Callback,
+    /// Anywhere else: act on the stream by id and resume it explicitly.
+    Async,
+}
+
+fn enter(context_id: u32, site: Site) -> bool {
+    site == Site::Callback || hostcalls::set_effective_context(context_id).is_ok()
+}
+
+fn apply(ops: &[HeaderOp]) -> Result<(), String> {
+    for op in ops {
+        let result = match op {
+            HeaderOp::Set(name, value) => hostcalls::set_request_header(name, Some(value)),
+            HeaderOp::SetSecret(name, value) => {
+                hostcalls::set_request_header(name, Some(value.expose()))
+            }
+            HeaderOp::Append(name, value) => hostcalls::add_request_header(name, value),
+            HeaderOp::Remove(name) => hostcalls::set_request_header(name, None),
+        };
+        result.map_err(|status| format!("cannot edit header {}: {status:?}", op.name()))?;
+    }
+    Ok(())
+}
+
+fn send(context_id: u32, reply: &LocalReply) -> Action {
+    if let Err(status) = hostcalls::send_response(reply.status, &reply.headers, &reply.body) {
+        log::error!("#{context_id} ai_auth: cannot send the local reply: {status:?}");
+    }
+    Action::Pause
+}
+
+/// Fail closed: when the host refuses an edit (a token we must strip
+/// stays in place), the request must not go upstream.
+pub fn internal_error(context_id: u32, what: &str) -> Action {
+    log::warn!("#{context_id} ai_auth: {what}; answering 500");
+    send(
+        context_id,
+        &LocalReply::json_error(
+            500,
+            "internal_error",
+            "the gateway could not process the request",
+        ),
+    )
+}
+
+impl Shared {
+    /// Performs a decision for stream `context_id`. `flight` is the
+    /// in-flight state when the step asks for something.
+    pub fn perform(
+        &self,
+        context_id: u32,
+        decision: Decision,
+        flight: Option<InFlight>,
+        site: Site,
+    ) -> Action {
+        for counter in &decision.counters {
+            self.count(*counter);
+        }
+        if !decision.log.is_empty() {
+            log::debug!("#{context_id} {}", decision.log);
+        }
+        if !enter(context_id, site) {
+            // The stream is gone (client went away): nothing to do.
+            return Action::Pause;
+        }
+        for (name, value) in &decision.properties {
+            hostcalls::set_filter_state(name, value);
+        }
+        match decision.step {
+            Step::Continue(ops) => {
+                if let Err(e) = apply(&ops) {
+                    return internal_error(context_id, &e);
+                }
+                if !decision.response_headers.is_empty() {
+                    self.response_headers
+                        .borrow_mut()
+                        .insert(context_id, decision.response_headers);
+                }
+                if site == Site::Async {
+                    if let Err(status) = hostcalls::resume_request() {
+                        log::warn!("#{context_id} ai_auth: cannot resume the request: {status:?}");
+                    }
+                }
+                Action::Continue
+            }
+            Step::Reply(reply) => send(context_id, &reply),
+            Step::ContinueAndBufferBody { ops, max_bytes } => {
+                let Some(flight) = flight else {
+                    return internal_error(context_id, "no state to wait for the body with");
+                };
+                if let Err(e) = apply(&ops) {
+                    return internal_error(context_id, &e);
+                }
+                self.pending.borrow_mut().insert(
+                    context_id,
+                    Pending {
+                        flight,
+                        waiting: Waiting::Body { max: max_bytes },
+                    },
+                );
+                // The headers go on; the body is held in on_http_request_body.
+                Action::Continue
+            }
+            Step::Callout(request) => {
+                let Some(flight) = flight else {
+                    return internal_error(context_id, "no state for the callout");
+                };
+                match hostcalls::dispatch(&request) {
+                    Ok(token) => {
+                        log::trace!(
+                            "#{context_id} ai_auth: callout {token} to {}",
+                            request.cluster
+                        );
+                        self.pending.borrow_mut().insert(
+                            context_id,
+                            Pending {
+                                flight,
+                                waiting: Waiting::Callout { token },
+                            },
+                        );
+                        self.callouts.borrow_mut().insert(token, context_id);
+                        Action::Pause
+                    }
+                    Err(status) => {
+                        log::warn!(
+                            "#{context_id} ai_auth: cannot call cluster {}: {status:?}",
+                            request.cluster
+                        );
+                        let decision = flow::on_callout_failed(&self.config, flight);
+                        self.perform(context_id, decision, None, site)
+                    }
+                }
+            }
+        }
+    }
+
+    fn body_ready(
+        &self,
+        context_id: u32,
+        flight: InFlight,
+        body: Vec<u8>,
+        truncated: bool,
+        site: Site,
+    ) -> Action {
+        let (decision, next) = flow::on_request_body(
+            &self.config,
+            &SharedData,
+            flight,
+            &body,
+            truncated,
+            hostcalls::now_secs(),
+        );
+        self.perform(context_id, decision, next, site)
+    }
+
+    /// A chunk of the body arrived (body mode). Returns the action for it.
+    pub fn on_body(&self, context_id: u32, body_size: usize, end_of_stream: bool) -> Action {
+        let max = match self.pending.borrow().get(&context_id) {
+            Some(Pending {
+                waiting: Waiting::Body { max },
+                ..
+            }) => *max,
+            Some(_) => return Action::Pause, // held while the auth service decides
+            None => return Action::Continue,
+        };
+        let truncated = body_size > max;
+        if !truncated && !end_of_stream {
+            return Action::Pause; // Envoy buffers until the whole body is there
+        }
+        let Some(pending) = self.pending.borrow_mut().remove(&context_id) else {
+            return Action::Continue;
+        };
+        let body = hostcalls::request_body(body_size.min(max));
+        self.body_ready(context_id, pending.flight, body, truncated, Site::Callback)
+    }
+
+    /// A callout reply, whichever context it was delivered to.
+    pub fn callout_reply(&self, token: u32, body_size: usize) {
+        let Some(context_id) = self.callouts.borrow_mut().remove(&token) else {
+            return;
+        };
+        let Some(pending) = self.pending.borrow_mut().remove(&context_id) else {
+            return;
+        };
+        // Read the reply before switching to the stream's context.
+        let reply = CalloutResponse::from_headers(
+            hostcalls::callout_response_headers(),
+            hostcalls::callout_response_body(body_size),
+        );
+        let decision = flow::on_callout_response(
+            &self.config,
+            &SharedData,
+            pending.flight,
+            reply,
+            hostcalls::now_secs(),
+        );
+        self.perform(context_id, decision, None, Site::Async);
+    }
+
+    /// The stream ended: forget anything still waiting for it.
+    pub fn forget(&self, context_id: u32) {
+        if let Some(p) = self.pending.borrow_mut().remove(&context_id) {
+            if let Waiting::Callout { token } = p.waiting {
+                self.callouts.borrow_mut().remove(&token);
+            }
+        }
+        self.response_headers.borrow_mut().remove(&context_id);
+    }
+
+    pub fn is_waiting(&self, context_id: u32) -> bool {
+        self.pending.borrow().contains_key(&context_id)
+    }
+
+    pub fn take_response_headers(&self, context_id: u32) -> Vec<(String, String)> {
+        self.response_headers
+            .borrow_mut()
+            .remove(&context_id)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,510 @@
+//! Passthrough auth over HTTP in the real Envoy, against a scripted auth
+//! service: allow, deny, every kind of failure under failure_mode_allow
+//! false and true, bodies, spoofed identity headers, the decision cache.
+
+use crate::support::*;
+use ai_auth_testkit::http::Action;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn authz(cluster: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "http_service": {
+            "server_uri": {"uri": "http://authz.local", "cluster": cluster, "timeout": "0.5s"},
+            "path_prefix": "/check",
+            "authorization_request": {
+                "allowed_headers": {"patterns": [{"exact": "x-api-key"}]},
+                "headers_to_add": [{"key": "x-gateway", "value": "ai-auth"}]
+            },
+            "authorization_response": {
+                "allowed_upstream_headers": {"patterns": [{"exact": "x-user-id"}, {"exact": "x-plan"}]},
+                "allowed_upstream_headers_to_append": {"patterns": [{"exact": "x-trace"}]},
+                "allowed_client_headers": {"patterns": [{"exact": "www-authenticate"}, {"exact": "location"}, {"exact": "x-deny-reason"}]},
+                "allowed_client_headers_on_success": {"patterns": [{"exact": "x-ratelimit-remaining"}]}
+            }
+        }
+    });
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    json!({"ext_authz": v})
+}
+
+/// A port nothing listens on.
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Body mode: no upstream header lists (refused with a body), and Envoy's
+/// buffer filter after ours so the upstream sees nothing before the decision.
+fn body_authz(body: Value) -> Value {
+    let mut v = authz("ext_authz", json!({"with_request_body": body}));
+    v["ext_authz"]["http_service"]["authorization_response"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| k.starts_with("allowed_client"));
+    v
+}
+
+fn buffer_filter() -> Value {
+    json!({"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 1048576}})
+}
+
+struct Setup {
+    envoy: Envoy,
+    auth: Server,
+    upstream: Server,
+}
+
+impl Setup {
+    fn start(listeners: Vec<(&str, Value)>) -> Setup {
+        let auth = Server::start(|_| Action::status(200));
+        let upstream = Server::echo();
+        let ls = listeners
+            .into_iter()
+            .map(|(name, plugin)| {
+                let mut filters = vec![bootstrap::wasm_filter(&plugin)];
+                if plugin["ext_authz"].get("with_request_body").is_some() {
+                    filters.push(buffer_filter());
+                }
+                bootstrap::listener(name, filters, vec![bootstrap::route_to("upstream")])
+            })
+            .collect();
+        let boot = bootstrap::bootstrap(
+            ls,
+            vec![
+                bootstrap::cluster("upstream", upstream.port),
+                bootstrap::cluster("ext_authz", auth.port),
+                bootstrap::cluster("dead_authz", dead_port()),
+            ],
+        );
+        let envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
+        Setup {
+            envoy,
+            auth,
+            upstream,
+        }
+    }
+
+    fn get(&self, listener: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        http::get(self.envoy.port(listener), path, headers).unwrap()
+    }
+
+    fn good_request_passes(&self, listener: &str) {
+        self.auth.set_handler(|_| Action::status(200));
+        let r = self.get(listener, "/v1/models", &[]);
+        assert_eq!(
+            r.status,
+            200,
+            "a good request after a failure: {}",
+            r.text()
+        );
+    }
+}
+
+#[test]
+fn allow_and_deny_with_their_headers() {
+    let s = Setup::start(vec![("main", authz("ext_authz", json!({})))]);
+    // Allow: the check request is what Envoy's ext_authz sends.
+    let r = s.get(
+        "main",
+        "/v1/models?limit=1",
+        &[
+            ("x-api-key", "k1"),
+            ("cookie", "c=1"),
+            ("authorization", "Bearer t"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let check = s.auth.last().unwrap();
+    assert_eq!(check.method, "GET");
+    assert_eq!(check.path, "/check/v1/models?limit=1");
+    assert_eq!(check.header("x-api-key"), Some("k1"));
+    assert_eq!(check.header("authorization"), Some("Bearer t"));
+    assert_eq!(check.header("x-gateway"), Some("ai-auth"));
+    assert_eq!(check.header("cookie"), None);
+
+    // Allow with headers: allowed ones overwrite the client's, others are dropped, append appends.
+    s.auth.set_handler(|_| {
+        Action::status(200)
+            .with_header("x-user-id", "42")
+            .with_header("x-internal", "secret-route")
+            .with_header("x-trace", "from-authz")
+            .with_header("x-ratelimit-remaining", "99")
+    });
+    let r = s.get(
+        "main",
+        "/v1/models",
+        &[("x-user-id", "mallory"), ("x-trace", "from-client")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("99"),
+        "allowed_client_headers_on_success"
+    );
+    let seen = s.upstream.last().unwrap();
+    assert_eq!(seen.headers_named("x-user-id"), ["42"]);
+    assert_eq!(seen.header("x-internal"), None);
+    let mut traces = seen.headers_named("x-trace");
+    traces.sort();
+    assert!(
+        traces.join(",").contains("from-authz") && traces.join(",").contains("from-client"),
+        "{traces:?}"
+    );
+
+    // Spoofed identity, service silent about it: removed.
+    s.auth.set_handler(|_| Action::status(200));
+    let r = s.get(
+        "main",
+        "/v1/models",
+        &[("x-user-id", "mallory"), ("x-plan", "enterprise")],
+    );
+    assert_eq!(r.status, 200);
+    let seen = s.upstream.last().unwrap();
+    assert_eq!(
+        seen.header("x-user-id"),
+        None,
+        "native ext_authz would let this through"
+    );
+    assert_eq!(seen.header("x-plan"), None);
+
+    // Denials keep their status, allowed headers and body; others are dropped.
+    let before = s.upstream.count();
+    for (status, header, value, body) in [
+        (
+            401,
+            "www-authenticate",
+            "Bearer realm=\"authz\"",
+            "{\"error\":\"who are you\"}",
+        ),
+        (403, "x-deny-reason", "quota", "{\"error\":\"over quota\"}"),
+        (302, "location", "https://login.example/", ""),
+    ] {
+        s.auth.set_handler(move |_| Action::Respond {
+            status,
+            headers: vec![
+                (header.into(), value.into()),
+                ("x-internal-debug".into(), "leak".into()),
+            ],
+            body: body.as_bytes().to_vec(),
+        });
+        let r = s.get("main", "/v1/models", &[]);
+        assert_eq!(r.status, status);
+        assert_eq!(r.header(header), Some(value), "{status}");
+        assert_eq!(r.header("x-internal-debug"), None, "{status}");
+        assert_eq!(r.text(), body, "{status}");
+    }
+    assert_eq!(
+        s.upstream.count(),
+        before,
+        "a denied request never reaches the upstream"
+    );
+    assert_eq!(s.envoy.counter("ext_authz.denied"), 3);
+    assert_eq!(s.envoy.counter("ext_authz.ok"), 3);
+    s.good_request_passes("main");
+}
+
+#[test]
+fn failures_under_failure_mode_allow_false_and_true() {
+    let s = Setup::start(vec![
+        ("closed", authz("ext_authz", json!({}))),
+        (
+            "open",
+            authz(
+                "ext_authz",
+                json!({"failure_mode_allow": true, "failure_mode_allow_header_add": true}),
+            ),
+        ),
+        (
+            "closed_503",
+            authz("ext_authz", json!({"status_on_error": {"code": 503}})),
+        ),
+        ("dead_closed", authz("dead_authz", json!({}))),
+        (
+            "dead_open",
+            authz(
+                "dead_authz",
+                json!({"failure_mode_allow": true, "failure_mode_allow_header_add": true}),
+            ),
+        ),
+        ("unknown_closed", authz("no_such_cluster", json!({}))),
+        (
+            "unknown_open",
+            authz("no_such_cluster", json!({"failure_mode_allow": true})),
+        ),
+    ]);
+    let failures: Vec<(&str, Action)> = vec![
+        ("500", Action::status(500)),
+        ("503", Action::status(503)),
+        (
+            "3 s hang against a 500 ms timeout",
+            Action::Delay(Duration::from_secs(3), Box::new(Action::status(200))),
+        ),
+        ("dropped connection", Action::Close),
+        (
+            "garbage reply",
+            Action::Garbage(b"\x00\x01not http at all\r\n\r\n".to_vec()),
+        ),
+    ];
+    for (name, action) in failures {
+        let a = action.clone();
+        s.auth.set_handler(move |_| a.clone());
+        let r = s.get("closed", "/v1/models", &[("x-user-id", "mallory")]);
+        assert_eq!(r.status, 403, "{name}, fail closed: {}", r.text());
+        assert!(
+            r.body.is_empty(),
+            "{name}: status_on_error has an empty body"
+        );
+        let r = s.get("closed_503", "/v1/models", &[]);
+        assert_eq!(r.status, 503, "{name}: status_on_error 503");
+        s.upstream.clear();
+        let r = s.get("open", "/v1/models", &[("x-user-id", "mallory")]);
+        assert_eq!(r.status, 200, "{name}, fail open: {}", r.text());
+        let seen = s.upstream.last().unwrap();
+        assert_eq!(
+            seen.header("x-envoy-auth-failure-mode-allowed"),
+            Some("true"),
+            "{name}"
+        );
+        assert_eq!(
+            seen.header("x-user-id"),
+            None,
+            "{name}: a failing auth service never makes a spoofed identity valid"
+        );
+        s.good_request_passes("closed");
+    }
+    assert_eq!(
+        s.get("dead_closed", "/v1/models", &[]).status,
+        403,
+        "unreachable service, fail closed"
+    );
+    let r = s.get("dead_open", "/v1/models", &[]);
+    assert_eq!(r.status, 200, "unreachable service, fail open");
+    assert_eq!(
+        s.upstream
+            .last()
+            .unwrap()
+            .header("x-envoy-auth-failure-mode-allowed"),
+        Some("true")
+    );
+    assert_eq!(
+        s.get("unknown_closed", "/v1/models", &[]).status,
+        403,
+        "unknown cluster, fail closed"
+    );
+    assert_eq!(
+        s.get("unknown_open", "/v1/models", &[]).status,
+        200,
+        "unknown cluster, fail open"
+    );
+    assert!(s.envoy.counter("ext_authz.error") >= 17);
+    assert!(s.envoy.counter("ext_authz.failure_mode_allowed") >= 7);
+    s.good_request_passes("closed");
+    s.good_request_passes("open");
+}
+
+#[test]
+fn request_body_is_forwarded_when_configured() {
+    let s = Setup::start(vec![
+        ("body", body_authz(json!({"max_request_bytes": 64}))),
+        (
+            "partial",
+            body_authz(json!({"max_request_bytes": 16, "allow_partial_message": true})),
+        ),
+        ("nobody", authz("ext_authz", json!({}))),
+    ]);
+    let port = s.envoy.port("body");
+    let payload = br#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let r = http::request(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        payload,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let check = s.auth.last().unwrap();
+    assert_eq!(check.method, "POST");
+    assert_eq!(check.body, payload);
+    assert_eq!(check.header("x-envoy-auth-partial-body"), Some("false"));
+    // The upstream still gets the whole body.
+    let seen = s.upstream.last().unwrap();
+    assert_eq!(seen.body, payload);
+
+    let big = vec![b'a'; 200];
+    let before = s.upstream.count();
+    let r = http::request(port, "POST", "/v1/chat/completions", &[], &big).unwrap();
+    assert_eq!(
+        r.status, 413,
+        "past max_request_bytes without allow_partial_message"
+    );
+    // Denied with a body: the upstream saw nothing (the buffer filter held the headers).
+    s.auth.set_handler(|_| Action::status(403));
+    let r = http::request(port, "POST", "/v1/chat/completions", &[], payload).unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        s.upstream.count(),
+        before,
+        "nothing reached the upstream before the decision"
+    );
+    s.auth.set_handler(|_| Action::status(200));
+
+    let r = http::request(
+        s.envoy.port("partial"),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &big,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let check = s.auth.last().unwrap();
+    assert_eq!(check.body.len(), 16);
+    assert_eq!(check.header("x-envoy-auth-partial-body"), Some("true"));
+    assert_eq!(s.upstream.last().unwrap().body.len(), 200);
+
+    let r = http::request(
+        s.envoy.port("nobody"),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        payload,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        s.auth.last().unwrap().body.is_empty(),
+        "no body unless configured"
+    );
+
+    // A GET with no body still works with body buffering on.
+    assert_eq!(http::get(port, "/v1/models", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn decision_cache_serves_repeats_and_never_caches_errors() {
+    let cache = json!({"decision_cache": {"key_headers": ["x-api-key"], "ttl": "2s", "denied_ttl": "1s", "max_entries": 64}});
+    let s = Setup::start(vec![("cached", authz("ext_authz", cache))]);
+    s.auth.set_handler(|r| {
+        if r.header("x-api-key") == Some("good") {
+            Action::status(200).with_header("x-user-id", "7")
+        } else {
+            Action::status(403)
+        }
+    });
+    for _ in 0..5 {
+        let r = s.get("cached", "/v1/models", &[("x-api-key", "good")]);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            s.upstream.last().unwrap().header("x-user-id"),
+            Some("7"),
+            "cached allows keep their headers"
+        );
+    }
+    assert_eq!(
+        s.auth.count(),
+        1,
+        "cached decisions do not reach the service"
+    );
+    assert_eq!(s.envoy.counter("ext_authz.decision_cache_hit"), 4);
+    // A different path is a different decision.
+    assert_eq!(
+        s.get("cached", "/v1/chat/completions", &[("x-api-key", "good")])
+            .status,
+        200
+    );
+    assert_eq!(s.auth.count(), 2);
+    // Denials are cached with their own short TTL.
+    for _ in 0..3 {
+        assert_eq!(
+            s.get("cached", "/v1/models", &[("x-api-key", "bad")])
+                .status,
+            403
+        );
+    }
+    assert_eq!(s.auth.count(), 3);
+    // Expiry.
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(
+        s.get("cached", "/v1/models", &[("x-api-key", "good")])
+            .status,
+        200
+    );
+    assert_eq!(
+        s.auth.count(),
+        4,
+        "an expired decision asks the service again"
+    );
+    // Errors are never cached.
+    s.auth.set_handler(|_| Action::status(503));
+    for _ in 0..3 {
+        assert_eq!(
+            s.get("cached", "/v1/models", &[("x-api-key", "flaky")])
+                .status,
+            403
+        );
+    }
+    assert_eq!(s.auth.count(), 7, "every request after an error asks again");
+    s.auth.set_handler(|_| Action::status(200));
+    assert_eq!(
+        s.get("cached", "/v1/models", &[("x-api-key", "flaky")])
+            .status,
+        200
+    );
+}
+
+#[test]
+fn chain_jwt_then_passthrough_then_credentials() {
+    let key = TestKey::ed25519("k");
+    let mut plugin = authz(
+        "ext_authz",
+        json!({"claims_to_headers": [{"claim_name": "sub", "header_name": "x-verified-sub"}]}),
+    );
+    plugin["jwt_authn"] = json!({
+        "providers": {"idp": {"issuer": ISS, "audiences": [AUD], "local_jwks": {"inline_string": jwks(&[&key]).to_string()}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    });
+    plugin["upstream_credentials"] = json!({
+        "backends": {"openai": {"scheme": "openai", "secret": {"inline_string": "sk-chain-test"}}},
+        "routes": [{"backend": "openai"}]
+    });
+    let s = Setup::start(vec![("chain", plugin)]);
+    let token = key.sign(&claims());
+    // No JWT: the auth service is never asked.
+    assert_eq!(s.get("chain", "/v1/models", &[]).status, 401);
+    assert_eq!(s.auth.count(), 0);
+    // Passthrough denies: no provider key is used.
+    s.auth.set_handler(|_| Action::status(403));
+    assert_eq!(
+        s.get("chain", "/v1/models", &[("authorization", &bearer(&token))])
+            .status,
+        403
+    );
+    assert_eq!(s.upstream.count(), 0);
+    // All pass: the service saw the verified subject, the provider only its key.
+    s.auth.set_handler(|_| Action::status(200));
+    let r = s.get(
+        "chain",
+        "/v1/models",
+        &[
+            ("authorization", &bearer(&token)),
+            ("x-verified-sub", "mallory"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        s.auth.last().unwrap().header("x-verified-sub"),
+        Some("alice")
+    );
+    let seen = s.upstream.last().unwrap();
+    assert_eq!(
+        seen.headers_named("authorization"),
+        ["Bearer sk-chain-test"]
+    );
+    assert!(!seen.all_text().contains(&token));
+}
