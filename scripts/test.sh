@@ -31,4 +31,7 @@ echo "== the demo (README's first command) answers as documented"
 GATEWAY_PORT=${DEMO_GATEWAY_PORT:-10100} ADMIN_PORT=${DEMO_ADMIN_PORT:-10101} \
   IDP_PORT=${DEMO_IDP_PORT:-10102} LLM_PORT=${DEMO_LLM_PORT:-10103} scripts/demo.sh --check | tail -n 8
 
+echo "== the same gateway under docker compose (images built here FROM scratch)"
+GATEWAY_PORT=${COMPOSE_GATEWAY_PORT:-10110} IDP_PORT=${COMPOSE_IDP_PORT:-10111} scripts/compose.sh --check | tail -n 4
+
 echo "== all checks passed"

@@ -273,12 +273,22 @@ impl Server {
     }
 
     /// On a given port (0: the OS picks one).
+    /// On a given port (0: the OS picks one) of 127.0.0.1.
     pub fn start_on(
         port: u16,
         handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static,
     ) -> Server {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+        Self::start_on_addr("127.0.0.1", port, handler)
+    }
+
+    /// On a given address and port (the demo services in containers bind 0.0.0.0).
+    pub fn start_on_addr(
+        addr: &str,
+        port: u16,
+        handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static,
+    ) -> Server {
+        let listener = TcpListener::bind((addr, port))
+            .unwrap_or_else(|e| panic!("bind {addr}:{port}: {e}"));
         let port = listener.local_addr().expect("local addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Arc::new(handler)));

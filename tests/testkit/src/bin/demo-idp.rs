@@ -39,7 +39,8 @@ fn main() {
         j
     };
     let iss = issuer.clone();
-    let server = Server::start_on(port, move |r| {
+    let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
+    let server = Server::start_on_addr(&bind, port, move |r| {
         let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
         match (r.method.as_str(), path) {
             (_, "/token") => {

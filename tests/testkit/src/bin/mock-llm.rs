@@ -19,7 +19,8 @@ fn main() {
         eprintln!("mock-llm: set OPENAI_API_KEY to the key the provider accepts");
         std::process::exit(2);
     });
-    let server = Server::start_on(port, move |r| {
+    let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
+    let server = Server::start_on_addr(&bind, port, move |r| {
         let authorized = r.header("authorization") == Some(format!("Bearer {expected}").as_str());
         if !authorized {
             let shown = r
