@@ -167,6 +167,8 @@ pub struct BodyPolicy {
 #[derive(Debug)]
 pub struct ExtAuthz {
     pub cluster: String,
+    /// Host of `server_uri`, used as `:authority` when the request has none.
+    pub uri_authority: String,
     pub timeout: Duration,
     pub path_prefix: String,
     pub allowed_headers: HeaderList,
@@ -350,7 +352,22 @@ impl ExtAuthz {
                 ));
             }
         }
+        let uri_authority = svc
+            .server_uri
+            .uri
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        if uri_authority.is_empty() {
+            return Err(ConfigError::new(
+                "http_service.server_uri.uri",
+                "has no host",
+            ));
+        }
         Ok(ExtAuthz {
+            uri_authority,
             cluster: svc.server_uri.cluster,
             timeout,
             path_prefix: svc.path_prefix,

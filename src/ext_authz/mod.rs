@@ -98,7 +98,16 @@ impl ExtAuthz {
                 ":path".to_string(),
                 format!("{}{}", self.path_prefix, req.path()),
             ),
-            (":authority".to_string(), req.authority().to_string()),
+            // Envoy sends the original host; a request without one (HTTP/1.0)
+            // still needs an authority for the call.
+            (
+                ":authority".to_string(),
+                if req.authority().is_empty() {
+                    self.uri_authority.clone()
+                } else {
+                    req.authority().to_string()
+                },
+            ),
         ];
         for (name, value) in req.headers() {
             let implicit = matches!(name.as_str(), "authorization" | "host");

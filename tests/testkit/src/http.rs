@@ -287,8 +287,8 @@ impl Server {
         port: u16,
         handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static,
     ) -> Server {
-        let listener = TcpListener::bind((addr, port))
-            .unwrap_or_else(|e| panic!("bind {addr}:{port}: {e}"));
+        let listener =
+            TcpListener::bind((addr, port)).unwrap_or_else(|e| panic!("bind {addr}:{port}: {e}"));
         let port = listener.local_addr().expect("local addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Arc::new(handler)));
