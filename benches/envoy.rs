@@ -260,12 +260,49 @@ fn cpu_ticks(pid: u32) -> Result<u64, String> {
     Ok(field(14)? + field(15)?)
 }
 
+/// user + nice + system time of the whole machine, in clock ticks.
+fn machine_busy_ticks() -> Result<u64, String> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let cpu = stat.lines().next().unwrap_or_default();
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() == 3 {
+        Ok(f.iter().sum())
+    } else {
+        Err(format!("unexpected /proc/stat line {cpu:?}"))
+    }
+}
+
+/// CPU times at one edge of the measured window.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    envoy: u64,
+    client: u64,
+    machine: u64,
+}
+
+impl Mark {
+    fn now(envoy_pid: u32) -> Result<Mark, String> {
+        Ok(Mark {
+            envoy: cpu_ticks(envoy_pid)?,
+            client: cpu_ticks(std::process::id())?,
+            machine: machine_busy_ticks()?,
+        })
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Sample {
     rps: f64,
     cpu_us_per_req: f64,
     /// The load generator's own CPU per request: shows it is not the bottleneck.
     client_us_per_req: f64,
+    /// CPU cores that other processes used during the window: noise.
+    other_cores: f64,
 }
 
 /// Medians of one variant's runs.
@@ -341,6 +378,7 @@ fn check_counters(
 fn run() -> Result<(), String> {
     let s = Settings::from_env()?;
     let wasm = envoy::filter_wasm()?;
+    let wasm = wasm.canonicalize().unwrap_or(wasm);
     let wasm_size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
     let t = tokens();
     let mut all = variants(&t);
@@ -416,9 +454,7 @@ fn run() -> Result<(), String> {
             cfg.duration = s.window;
             let before = envoy.stats();
             let mut marks = Vec::new();
-            let report = loadgen::run_measured(&cfg, || {
-                marks.push((cpu_ticks(pid), cpu_ticks(std::process::id())))
-            });
+            let report = loadgen::run_measured(&cfg, || marks.push(Mark::now(pid)));
             let after = envoy.stats();
             if !report.is_clean() {
                 return Err(format!(
@@ -433,24 +469,29 @@ fn run() -> Result<(), String> {
                 ));
             }
             check_counters(v, &before, &after, report.total_requests)?;
-            let ((e0, c0), (e1, c1)) = match marks.as_slice() {
-                [(Ok(e0), Ok(c0)), (Ok(e1), Ok(c1))] => ((*e0, *c0), (*e1, *c1)),
+            let (m0, m1) = match marks.as_slice() {
+                [Ok(a), Ok(b)] => (*a, *b),
                 _ => return Err(format!("reading CPU times: {marks:?}")),
             };
             let per_req = |t: u64| t as f64 / ticks * 1e6 / report.requests as f64;
+            let others = (m1.machine - m0.machine)
+                .saturating_sub(m1.envoy - m0.envoy)
+                .saturating_sub(m1.client - m0.client);
             let sample = Sample {
                 rps: report.requests_per_sec(),
-                cpu_us_per_req: per_req(e1 - e0),
-                client_us_per_req: per_req(c1 - c0),
+                cpu_us_per_req: per_req(m1.envoy - m0.envoy),
+                client_us_per_req: per_req(m1.client - m0.client),
+                other_cores: others as f64 / ticks / report.elapsed.as_secs_f64(),
             };
             eprintln!(
-                "bench: round {}/{} {:<20} {:>9.0} req/s  {:>7.1} Envoy CPU us/req  {:>5.1} client CPU us/req",
+                "bench: round {}/{} {:<20} {:>9.0} req/s  {:>7.1} Envoy CPU us/req  {:>5.1} client CPU us/req  {:.2} other cores",
                 round + 1,
                 s.rounds,
                 v.name,
                 sample.rps,
                 sample.cpu_us_per_req,
-                sample.client_us_per_req
+                sample.client_us_per_req,
+                sample.other_cores
             );
             samples[i].push(sample);
         }
@@ -466,7 +507,7 @@ fn run() -> Result<(), String> {
         s.connections
     );
     println!(
-        "{} interleaved rounds of {:.0} s (+{:.0} s warm-up) per variant, medians. CPU: Envoy's utime+stime over the window;",
+        "{} interleaved rounds of {:.1} s (+{:.1} s warm-up) per variant, medians. CPU: Envoy's utime+stime over the window;",
         s.rounds,
         s.window.as_secs_f64(),
         s.warmup.as_secs_f64()
@@ -474,13 +515,13 @@ fn run() -> Result<(), String> {
     println!("client: the load generator's own CPU.");
     println!();
     println!(
-        "{:<20} {:>8} {:>17} {:>7} {:>11} {:>13} {:>12}",
+        "{:<20} {:>8} {:>17} {:>7} {:>11} {:>13} {:>14}",
         "variant", "req/s", "(min-max)", "x none", "CPU us/req", "extra us/req", "client us/req"
     );
     for (i, v) in all.iter().enumerate() {
         let m = &med[i];
         println!(
-            "{:<20} {:>8.0} {:>17} {:>6.2}x {:>11.1} {:>13} {:>12.1}",
+            "{:<20} {:>8.0} {:>17} {:>6.2}x {:>11.1} {:>13} {:>14.1}",
             v.name,
             m.rps,
             format!("({:.0}-{:.0})", m.min, m.max),
@@ -494,6 +535,19 @@ fn run() -> Result<(), String> {
             m.client
         );
     }
+    let other: Vec<f64> = samples.iter().flatten().map(|x| x.other_cores).collect();
+    let other_mean = other.iter().sum::<f64>() / other.len().max(1) as f64;
+    let other_max = other.iter().copied().fold(0.0, f64::max);
+    println!();
+    println!(
+        "other processes used {other_mean:.2} CPU cores on average during the windows (max {other_max:.2}) of {} available{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if other_mean > 0.1 {
+            ": the machine was not quiet, figures are noisy"
+        } else {
+            ""
+        }
+    );
     println!();
     println!("filter .wasm: {wasm_size} bytes ({})", wasm.display());
     println!();

@@ -1,16 +1,19 @@
 //! A small closed-loop HTTP/1.1 load generator for the benchmark: N
-//! keep-alive connections, one thread each, every one sending the same
-//! request and waiting for its response before sending the next.
+//! keep-alive connections, each sending the same request and waiting for
+//! its response before sending the next, driven by a `poll(2)` loop on one
+//! thread (or a few).
 //!
 //! Cheap per request so that, on a small machine, the proxy stays the
-//! bottleneck: the request bytes are built once, each connection reads into
-//! one reused buffer, and responses are parsed in place (status line,
-//! `Content-Length`, `Connection: close`) without allocating. Every read and
-//! write has a timeout; an I/O or protocol failure ends that connection and
-//! is reported, never hidden.
+//! bottleneck: no thread switch per request, the request bytes are built
+//! once, each connection reads into one reused buffer, and responses are
+//! parsed in place (status line, `Content-Length`, `Connection: close`)
+//! without allocating. Every connection's wait for a response has a
+//! timeout; an I/O or protocol failure ends that connection and is
+//! reported, never hidden.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -23,11 +26,13 @@ pub struct Config {
     /// Sent after `host`, in this order.
     pub headers: Vec<(String, String)>,
     pub connections: usize,
+    /// Poll loops (threads) the connections are spread over.
+    pub threads: usize,
     /// Load before the measured window (connections open, caches warm).
     pub warmup: Duration,
     /// The measured window.
     pub duration: Duration,
-    /// Limit of every connect, read and write.
+    /// Limit of every connect and of every wait for a response.
     pub io_timeout: Duration,
 }
 
@@ -38,6 +43,7 @@ impl Config {
             path: path.into(),
             headers: Vec::new(),
             connections: 16,
+            threads: 1,
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(3),
             io_timeout: Duration::from_secs(5),
@@ -92,7 +98,7 @@ impl Report {
     }
 }
 
-/// Counters of one connection, on a cache line of their own.
+/// Counters of one poll loop, on a cache line of their own.
 #[repr(align(64))]
 #[derive(Default)]
 struct Slot {
@@ -101,7 +107,8 @@ struct Slot {
     last_non_2xx_status: AtomicU64,
 }
 
-/// Runs the load: warm-up, then the measured window.
+/// Runs the load: warm-up, then the measured window. Every request sent is
+/// answered (or failed) before this returns.
 pub fn run(cfg: &Config) -> Report {
     run_measured(cfg, || {})
 }
@@ -114,11 +121,13 @@ pub fn run_measured(cfg: &Config, mut at_window_edge: impl FnMut()) -> Report {
     let addr = SocketAddr::from(([127, 0, 0, 1], cfg.port));
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::new()));
-    let slots: Arc<[Slot]> = (0..cfg.connections.max(1))
-        .map(|_| Slot::default())
-        .collect();
-    let mut threads = Vec::new();
-    for i in 0..slots.len() {
+    let connections = cfg.connections.max(1);
+    let threads = cfg.threads.clamp(1, connections);
+    let slots: Arc<[Slot]> = (0..threads).map(|_| Slot::default()).collect();
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        // Connections t, t + threads, t + 2 * threads, ...
+        let share = (t..connections).step_by(threads).count();
         let (request, stop, failed, slots) = (
             request.clone(),
             stop.clone(),
@@ -127,22 +136,20 @@ pub fn run_measured(cfg: &Config, mut at_window_edge: impl FnMut()) -> Report {
         );
         let timeout = cfg.io_timeout;
         let spawned = thread::Builder::new()
-            .name(format!("loadgen-{i}"))
-            .stack_size(256 * 1024)
+            .name(format!("loadgen-{t}"))
             .spawn(move || {
-                if let Some(slot) = slots.get(i) {
-                    if let Err(e) = connection_loop(addr, timeout, &request, slot, &stop) {
-                        if let Ok(mut f) = failed.lock() {
-                            f.push(format!("connection {i}: {e}"));
-                        }
+                if let Some(slot) = slots.get(t) {
+                    let errors = poll_loop(addr, share, timeout, &request, slot, &stop);
+                    if let Ok(mut f) = failed.lock() {
+                        f.extend(errors.into_iter().map(|e| format!("loop {t}: {e}")));
                     }
                 }
             });
         match spawned {
-            Ok(t) => threads.push(t),
+            Ok(h) => handles.push(h),
             Err(e) => {
                 if let Ok(mut f) = failures.lock() {
-                    f.push(format!("cannot start thread {i}: {e}"));
+                    f.push(format!("cannot start thread {t}: {e}"));
                 }
             }
         }
@@ -166,8 +173,8 @@ pub fn run_measured(cfg: &Config, mut at_window_edge: impl FnMut()) -> Report {
     at_window_edge();
 
     stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        if t.join().is_err() {
+    for h in handles {
+        if h.join().is_err() {
             if let Ok(mut f) = failures.lock() {
                 f.push("a load generator thread panicked".into());
             }
@@ -194,43 +201,168 @@ pub fn run_measured(cfg: &Config, mut at_window_edge: impl FnMut()) -> Report {
 fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
     let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(s)
 }
 
-fn connection_loop(
+/// One keep-alive connection with at most one request in flight.
+struct Conn {
+    stream: TcpStream,
+    reader: ResponseReader,
+    /// Bytes of the current request already written; `None`: nothing in flight.
+    written: Option<usize>,
+    sent_at: Instant,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        Ok(Conn {
+            stream: connect(addr, timeout)?,
+            reader: ResponseReader::new(),
+            written: None,
+            sent_at: Instant::now(),
+        })
+    }
+
+    /// Starts a request and writes what the socket takes now.
+    fn send(&mut self, request: &[u8]) -> Result<(), String> {
+        self.written = Some(0);
+        self.sent_at = Instant::now();
+        self.flush(request)
+    }
+
+    fn flush(&mut self, request: &[u8]) -> Result<(), String> {
+        while let Some(done) = self.written.filter(|&w| w < request.len()) {
+            match self.stream.write(request.get(done..).unwrap_or_default()) {
+                Ok(0) => return Err("write: connection closed".into()),
+                Ok(n) => self.written = Some(done + n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn wants_write(&self, request: &[u8]) -> bool {
+        self.written.is_some_and(|w| w < request.len())
+    }
+}
+
+/// Drives `count` connections until `stop`, then until every request in
+/// flight is answered. Returns the failures.
+fn poll_loop(
     addr: SocketAddr,
+    count: usize,
     timeout: Duration,
     request: &[u8],
     slot: &Slot,
     stop: &AtomicBool,
-) -> Result<(), String> {
-    let mut stream = connect(addr, timeout)?;
-    let mut reader = ResponseReader::new();
-    let (mut ok, mut non_2xx) = (0u64, 0u64);
-    while !stop.load(Ordering::Relaxed) {
-        stream
-            .write_all(request)
-            .map_err(|e| format!("write: {e}"))?;
-        let head = reader.read(&mut stream)?;
-        if (200..300).contains(&head.status) {
-            ok += 1;
-            slot.ok.store(ok, Ordering::Relaxed);
-        } else {
-            non_2xx += 1;
-            slot.last_non_2xx_status
-                .store(u64::from(head.status), Ordering::Relaxed);
-            slot.non_2xx.store(non_2xx, Ordering::Relaxed);
-        }
-        if head.close {
-            stream = connect(addr, timeout)?;
-            reader.clear();
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut conns: Vec<Conn> = Vec::with_capacity(count);
+    for i in 0..count {
+        match Conn::open(addr, timeout).and_then(|mut c| c.send(request).map(|()| c)) {
+            Ok(c) => conns.push(c),
+            Err(e) => failures.push(format!("connection {i}: {e}")),
         }
     }
-    Ok(())
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(count);
+    let (mut ok, mut non_2xx) = (0u64, 0u64);
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping {
+            conns.retain(|c| c.written.is_some());
+        }
+        if conns.is_empty() {
+            return failures;
+        }
+        fds.clear();
+        fds.extend(conns.iter().map(|c| libc::pollfd {
+            fd: c.stream.as_raw_fd(),
+            events: libc::POLLIN
+                | if c.wants_write(request) {
+                    libc::POLLOUT
+                } else {
+                    0
+                },
+            revents: 0,
+        }));
+        // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()`
+        // pollfd structs for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                failures.push(format!("poll: {e}"));
+                return failures;
+            }
+            continue;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < conns.len() {
+            let revents = fds.get(i).map_or(0, |f| f.revents);
+            let result = match conns.get_mut(i) {
+                Some(c) if revents != 0 => {
+                    let mut result = c.flush(request).map(|()| None);
+                    if result.is_ok() && revents & !libc::POLLOUT != 0 {
+                        result = c.reader.read_available(&mut c.stream);
+                    }
+                    result
+                }
+                Some(c) if now.duration_since(c.sent_at) > timeout => {
+                    Err(format!("no response within {timeout:?}"))
+                }
+                _ => Ok(None),
+            };
+            match result {
+                Ok(None) => i += 1,
+                Ok(Some(head)) => {
+                    if (200..300).contains(&head.status) {
+                        ok += 1;
+                        slot.ok.store(ok, Ordering::Relaxed);
+                    } else {
+                        non_2xx += 1;
+                        slot.last_non_2xx_status
+                            .store(u64::from(head.status), Ordering::Relaxed);
+                        slot.non_2xx.store(non_2xx, Ordering::Relaxed);
+                    }
+                    let next = if head.close {
+                        Conn::open(addr, timeout).map(|fresh| {
+                            if let Some(old) = conns.get_mut(i) {
+                                *old = fresh;
+                            }
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    let sent = match (next, conns.get_mut(i)) {
+                        (Ok(()), Some(c)) if !stop.load(Ordering::Relaxed) => c.send(request),
+                        (Ok(()), Some(c)) => {
+                            c.written = None;
+                            Ok(())
+                        }
+                        (Ok(()), None) => Ok(()),
+                        (Err(e), _) => Err(e),
+                    };
+                    match sent {
+                        Ok(()) => i += 1,
+                        Err(e) => {
+                            failures.push(e);
+                            conns.swap_remove(i);
+                            fds.swap_remove(i);
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures.push(e);
+                    conns.swap_remove(i);
+                    fds.swap_remove(i);
+                }
+            }
+        }
+    }
 }
 
 /// What the load generator needs of a response.
@@ -242,11 +374,14 @@ pub struct Head {
     pub close: bool,
 }
 
-/// Reads `Content-Length` framed responses from a stream into one buffer.
+/// Reads `Content-Length` framed responses from a stream into one buffer,
+/// blocking or not.
 pub struct ResponseReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The response whose body is being skipped, and how much of it is left.
+    pending: Option<(Head, usize)>,
 }
 
 const BUF_SIZE: usize = 64 * 1024;
@@ -263,15 +398,16 @@ impl ResponseReader {
             buf: vec![0; BUF_SIZE],
             start: 0,
             end: 0,
+            pending: None,
         }
     }
 
-    pub fn clear(&mut self) {
-        self.start = 0;
-        self.end = 0;
-    }
-
-    fn fill(&mut self, stream: &mut impl Read) -> Result<(), String> {
+    /// One read from the stream into the buffer; `Ok(false)`: it would block.
+    fn fill(&mut self, stream: &mut impl Read) -> Result<bool, String> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
         if self.end == self.buf.len() {
             if self.start == 0 {
                 return Err(format!("response head larger than {BUF_SIZE} bytes"));
@@ -281,46 +417,65 @@ impl ResponseReader {
             self.start = 0;
         }
         let free = self.buf.get_mut(self.end..).unwrap_or_default();
-        match stream.read(free) {
-            Ok(0) => Err("connection closed by the server".into()),
-            Ok(n) => {
-                self.end += n;
-                Ok(())
-            }
-            Err(e) => Err(format!("read: {e}")),
+        loop {
+            return match stream.read(free) {
+                Ok(0) => Err("connection closed by the server".into()),
+                Ok(n) => {
+                    self.end += n;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => Err(format!("read: {e}")),
+            };
         }
     }
 
-    /// Reads one whole response (head and body) and returns its head.
+    /// The next whole response in the buffer, if there is one; consumes it.
+    fn take_response(&mut self) -> Result<Option<Head>, String> {
+        loop {
+            if let Some((head, left)) = self.pending {
+                let take = (self.end - self.start).min(left);
+                self.start += take;
+                if take < left {
+                    self.pending = Some((head, left - take));
+                    return Ok(None);
+                }
+                self.pending = None;
+                return Ok(Some(head));
+            }
+            let buffered = self.buf.get(self.start..self.end).unwrap_or_default();
+            let Some(head_len) = find_head_end(buffered) else {
+                return Ok(None);
+            };
+            let head = parse_head(buffered.get(..head_len).unwrap_or_default())?;
+            self.start += head_len;
+            self.pending = Some((head, head.content_length));
+        }
+    }
+
+    /// Reads what a non-blocking stream has; returns a response once one is whole.
+    pub fn read_available(&mut self, stream: &mut impl Read) -> Result<Option<Head>, String> {
+        loop {
+            if let Some(head) = self.take_response()? {
+                return Ok(Some(head));
+            }
+            if !self.fill(stream)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads one whole response (head and body) from a blocking stream.
     pub fn read(&mut self, stream: &mut impl Read) -> Result<Head, String> {
-        let head_len = loop {
-            let pending = self.buf.get(self.start..self.end).unwrap_or_default();
-            if let Some(i) = find_head_end(pending) {
-                break i;
+        loop {
+            if let Some(head) = self.take_response()? {
+                return Ok(head);
             }
-            self.fill(stream)?;
-        };
-        let pending = self.buf.get(self.start..self.end).unwrap_or_default();
-        let head = parse_head(pending.get(..head_len).unwrap_or_default())?;
-        self.start += head_len;
-        // The body: what is buffered, then the rest straight from the stream.
-        let mut remaining = head.content_length;
-        let buffered = (self.end - self.start).min(remaining);
-        self.start += buffered;
-        remaining -= buffered;
-        if self.start == self.end {
-            self.clear();
-        }
-        while remaining > 0 {
-            self.fill(stream)?;
-            let take = (self.end - self.start).min(remaining);
-            self.start += take;
-            remaining -= take;
-            if self.start == self.end {
-                self.clear();
+            if !self.fill(stream)? {
+                return Err("read: would block".into());
             }
         }
-        Ok(head)
     }
 }
 
@@ -489,5 +644,41 @@ HTTP/1.1 401 Unauthorized\r\nContent-Length: 5\r\nconnection: keep-alive, close\
         assert!(!r.is_clean());
         assert_eq!(r.total_errors, r.total_requests, "{r:?}");
         assert_eq!(r.sample_error_status, Some(503));
+    }
+
+    #[test]
+    fn reconnects_after_connection_close_and_spreads_over_threads() {
+        let server = crate::http::Server::start(|_| {
+            crate::http::Action::status(204).with_header("connection", "close")
+        });
+        let mut cfg = Config::new(server.port, "/");
+        cfg.connections = 3;
+        cfg.threads = 2;
+        cfg.warmup = Duration::from_millis(50);
+        cfg.duration = Duration::from_millis(200);
+        let r = run(&cfg);
+        assert!(r.is_clean(), "{r:?}");
+        assert!(r.total_requests > 3, "{r:?}");
+    }
+
+    #[test]
+    fn a_silent_server_is_a_failure_not_a_hang() {
+        let server = crate::http::Server::start(|_| {
+            crate::http::Action::Delay(
+                Duration::from_secs(3),
+                Box::new(crate::http::Action::status(200)),
+            )
+        });
+        let mut cfg = Config::new(server.port, "/");
+        cfg.connections = 2;
+        cfg.warmup = Duration::from_millis(10);
+        cfg.duration = Duration::from_millis(10);
+        cfg.io_timeout = Duration::from_millis(300);
+        let t = Instant::now();
+        let r = run(&cfg);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(r.failures.len(), 2, "{r:?}");
+        assert!(r.failures[0].contains("no response within"), "{r:?}");
+        assert!(!r.is_clean());
     }
 }
