@@ -416,14 +416,16 @@ fn run() -> Result<(), String> {
         .unwrap_or_else(|_| "?".into());
     let version = version.split('/').nth(1).unwrap_or(&version).to_string();
 
-    // Every variant answers 200 before anything is timed.
+    // Before anything is timed: every variant answers 200 to its request,
+    // and every filter refuses the request without its headers.
     for v in &all {
         let headers: Vec<(&str, &str)> = v
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let r = http::get(envoy.port(v.name), PATH, &headers)?;
+        let port = envoy.port(v.name);
+        let r = http::get(port, PATH, &headers)?;
         if r.status != 200 {
             return Err(format!(
                 "{}: preflight answered {}: {}",
@@ -431,6 +433,15 @@ fn run() -> Result<(), String> {
                 r.status,
                 r.text()
             ));
+        }
+        if !v.filters.is_empty() {
+            let r = http::get(port, PATH, &[])?;
+            if (200..300).contains(&r.status) {
+                return Err(format!(
+                    "{}: answered {} without credentials: the filter is not enforcing",
+                    v.name, r.status
+                ));
+            }
         }
     }
 
