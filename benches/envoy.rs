@@ -19,16 +19,21 @@
 //! are interleaved (each round runs every variant once, in a rotated order)
 //! and each variant reports its median. Printed per variant: requests per
 //! second, its ratio to `none` of the same Envoy, Envoy's CPU time (utime +
-//! stime of the process over the measured window) per request, and the CPU
-//! it adds over `none`; then the .wasm size and the targets of issue 3.
+//! stime of the process over the measured window) per request, the CPU it
+//! adds over `none`, the throughput ratio that CPU implies for a saturated
+//! worker (steadier than req/s when other processes share the machine), and
+//! the load generator's own CPU per request (it must stay well below
+//! Envoy's); then how much CPU other processes took during the windows (a
+//! noise warning), the .wasm size and the targets of issue 3.
 //! Every response is checked: a single non-2xx response or connection
 //! failure fails the run (a 401 storm would look like a fast filter), and
 //! each variant's counters must show it did what its name says (cache hits
 //! or not). Targets are printed, never asserted.
 //!
 //! Besides the variants of issue 3, `wasm_no_jwt_required` (our filter on a
-//! route that requires no JWT) shows the floor of a wasm filter in this
-//! Envoy: what the cache-hit variants pay on top of it is our JWT code.
+//! route that requires no JWT) shows the floor of our filter in this Envoy
+//! (V8 calls per stream, the header snapshot): what the cache-hit variants
+//! pay on top of it is the JWT path itself.
 //!
 //! To add a variant, push a `Variant` (name, HTTP filters before the router,
 //! request headers, whether the filter refuses a request without them,
