@@ -1,6 +1,8 @@
 //! Support for ai-auth-filter's tests, benchmarks and demo: the real Envoy
-//! process, small HTTP servers and client, fixture keys that sign tokens.
+//! process, small HTTP servers and client, fixture keys that sign tokens,
+//! the benchmark's load generator.
 
 pub mod envoy;
 pub mod http;
 pub mod keys;
+pub mod loadgen;

@@ -1,0 +1,655 @@
+//! The benchmark of issue 3: throughput and proxy CPU per request of
+//! ai-auth-filter next to Envoy's own filters, all in one Envoy process.
+//!
+//! Usage:
+//!
+//! ```sh
+//! scripts/bench.sh    # installs Envoy, builds the .wasm, then runs this in release mode
+//! ```
+//!
+//! (or, with `ENVOY_BIN` and `FILTER_WASM` set or the defaults in place,
+//! `cargo bench --bench envoy`). Knobs, from the environment:
+//! `BENCH_ROUNDS` (3), `BENCH_SECONDS` (3, the measured window of one run),
+//! `BENCH_WARMUP_SECONDS` (1), `BENCH_CONNECTIONS` (16) and `BENCH_ONLY`
+//! (comma-separated variant names; `none` is always measured).
+//!
+//! One Envoy (`--concurrency 1`) gets one listener per variant; every route
+//! answers with a `direct_response` 200, so no upstream adds noise and the
+//! filter under test is all that differs from the `none` listener. Rounds
+//! are interleaved (each round runs every variant once, in a rotated order)
+//! and each variant reports its median. Printed per variant: requests per
+//! second, its ratio to `none` of the same Envoy, Envoy's CPU time (utime +
+//! stime of the process over the measured window) per request, the CPU it
+//! adds over `none`, the throughput ratio that CPU implies for a saturated
+//! worker (steadier than req/s when other processes share the machine), and
+//! the load generator's own CPU per request (it must stay well below
+//! Envoy's); then how much CPU other processes took during the windows (a
+//! noise warning), the .wasm size and the targets of issue 3.
+//! Every response is checked: a single non-2xx response or connection
+//! failure fails the run (a 401 storm would look like a fast filter), and
+//! each variant's counters must show it did what its name says (cache hits
+//! or not). Targets are printed, never asserted.
+//!
+//! Besides the variants of issue 3, `wasm_no_jwt_required` (our filter on a
+//! route that requires no JWT) shows the floor of our filter in this Envoy
+//! (V8 calls per stream, the header snapshot): what the cache-hit variants
+//! pay on top of it is the JWT path itself.
+//!
+//! To add a variant, push a `Variant` (name, HTTP filters before the router,
+//! request headers, whether the filter refuses a request without them,
+//! counter checks) in `variants`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use ai_auth_testkit::envoy::{self, bootstrap, Envoy, Options};
+use ai_auth_testkit::http;
+use ai_auth_testkit::keys::{jwks, TestKey};
+use ai_auth_testkit::loadgen;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const ISS: &str = "https://idp.test/realms/ai";
+const AUD: &str = "llm-gateway";
+const PATH: &str = "/v1/chat/completions";
+/// Our filter's counters, as Envoy shows them.
+const WASM_STATS: &str = "wasmcustom.ai_auth.jwt_authn";
+
+/// What the counters must show after a run.
+enum Check {
+    /// The counter moves for (nearly) every response of the run.
+    EveryRequest(String),
+    /// The counter does not move.
+    Never(String),
+}
+
+struct Variant {
+    name: &'static str,
+    /// HTTP filters before the router.
+    filters: Vec<Value>,
+    headers: Vec<(String, String)>,
+    /// The filter refuses a request without `headers` (checked before timing).
+    enforces: bool,
+    checks: Vec<Check>,
+}
+
+struct Settings {
+    rounds: usize,
+    window: Duration,
+    warmup: Duration,
+    connections: usize,
+    only: Option<Vec<String>>,
+}
+
+fn env_number(name: &str, default: f64) -> Result<f64, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|n| *n > 0.0)
+            .ok_or_else(|| format!("{name}={v:?}: expected a positive number")),
+        Err(_) => Ok(default),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings, String> {
+        Ok(Settings {
+            rounds: env_number("BENCH_ROUNDS", 3.0)? as usize,
+            window: Duration::from_secs_f64(env_number("BENCH_SECONDS", 3.0)?),
+            warmup: Duration::from_secs_f64(env_number("BENCH_WARMUP_SECONDS", 1.0)?),
+            connections: env_number("BENCH_CONNECTIONS", 16.0)? as usize,
+            only: std::env::var("BENCH_ONLY")
+                .ok()
+                .map(|s| s.split(',').map(|n| n.trim().to_string()).collect()),
+        })
+    }
+}
+
+struct Tokens {
+    jwks: String,
+    rs256: String,
+    es256: String,
+    eddsa: String,
+}
+
+fn tokens() -> Tokens {
+    let rsa = TestKey::rsa("rsa-1");
+    let ec = TestKey::p256("ec-256");
+    let ed = TestKey::ed25519("ed-1");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Valid well past the longest run.
+    let claims = json!({"iss": ISS, "aud": AUD, "sub": "alice", "iat": now, "exp": now + 6 * 3600,
+                        "realm_access": {"roles": ["llm-user"]}, "scope": "openid chat"});
+    Tokens {
+        jwks: jwks(&[&rsa, &ec, &ed]).to_string(),
+        rs256: rsa.sign(&claims),
+        es256: ec.sign(&claims),
+        eddsa: ed.sign(&claims),
+    }
+}
+
+fn bearer(token: &str) -> Vec<(String, String)> {
+    vec![("authorization".into(), format!("Bearer {token}"))]
+}
+
+/// Envoy's own `jwt_authn`: one provider with the inline JWKS, required on "/".
+fn native_jwt(t: &Tokens, cache: bool) -> Value {
+    let mut provider = json!({
+        "issuer": ISS,
+        "audiences": [AUD],
+        "local_jwks": {"inline_string": t.jwks},
+        "forward": false
+    });
+    if cache {
+        provider["jwt_cache_config"] = json!({"jwt_cache_size": 100});
+    }
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"idp": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+        }
+    })
+}
+
+/// Our filter with the same provider; `cache_size` `None` keeps the default cache.
+fn wasm_jwt(t: &Tokens, cache_size: Option<usize>) -> Value {
+    wasm_jwt_rule(
+        t,
+        cache_size,
+        json!({"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}),
+    )
+}
+
+fn wasm_jwt_rule(t: &Tokens, cache_size: Option<usize>, rule: Value) -> Value {
+    let mut jwt = json!({
+        "providers": {"idp": {
+            "issuer": ISS,
+            "audiences": [AUD],
+            "local_jwks": {"inline_string": t.jwks},
+            "forward": false
+        }},
+        "rules": [rule]
+    });
+    if let Some(n) = cache_size {
+        jwt["jwt_cache_config"] = json!({"jwt_cache_size": n});
+    }
+    bootstrap::wasm_filter(&json!({ "jwt_authn": jwt }))
+}
+
+fn variants(t: &Tokens) -> Vec<Variant> {
+    let native_stat =
+        |listener: &str, counter: &str| format!("http.{listener}.jwt_authn.{counter}");
+    let wasm_stat = |counter: &str| format!("{WASM_STATS}.{counter}");
+    let mut v = vec![
+        Variant {
+            name: "none",
+            filters: vec![],
+            headers: bearer(&t.rs256),
+            enforces: false,
+            checks: vec![],
+        },
+        Variant {
+            name: "native_jwt_nocache",
+            filters: vec![native_jwt(t, false)],
+            headers: bearer(&t.rs256),
+            enforces: true,
+            checks: vec![
+                Check::EveryRequest(native_stat("native_jwt_nocache", "allowed")),
+                Check::Never(native_stat("native_jwt_nocache", "jwt_cache_hit")),
+            ],
+        },
+        Variant {
+            name: "native_jwt_cache",
+            filters: vec![native_jwt(t, true)],
+            headers: bearer(&t.rs256),
+            enforces: true,
+            checks: vec![
+                Check::EveryRequest(native_stat("native_jwt_cache", "allowed")),
+                Check::EveryRequest(native_stat("native_jwt_cache", "jwt_cache_hit")),
+            ],
+        },
+        // Diagnostic: our filter on a route that requires no JWT. The floor of
+        // any wasm filter in V8 (VM calls per stream, the header snapshot);
+        // the cache-hit variants cannot go below it.
+        Variant {
+            name: "wasm_no_jwt_required",
+            filters: vec![wasm_jwt_rule(t, None, json!({"match": {"prefix": "/"}}))],
+            headers: bearer(&t.rs256),
+            enforces: false,
+            checks: vec![
+                Check::Never(wasm_stat("jwt_cache_hit")),
+                Check::Never(wasm_stat("jwt_cache_miss")),
+            ],
+        },
+    ];
+    for (alg, token) in [
+        ("rs256", &t.rs256),
+        ("es256", &t.es256),
+        ("eddsa", &t.eddsa),
+    ] {
+        v.push(Variant {
+            name: leak(format!("wasm_{alg}_miss")),
+            filters: vec![wasm_jwt(t, Some(0))],
+            headers: bearer(token),
+            enforces: true,
+            checks: vec![
+                Check::EveryRequest(wasm_stat("allowed")),
+                Check::Never(wasm_stat("jwt_cache_hit")),
+            ],
+        });
+        v.push(Variant {
+            name: leak(format!("wasm_{alg}_hit")),
+            filters: vec![wasm_jwt(t, None)],
+            headers: bearer(token),
+            enforces: true,
+            checks: vec![
+                Check::EveryRequest(wasm_stat("allowed")),
+                Check::EveryRequest(wasm_stat("jwt_cache_hit")),
+            ],
+        });
+    }
+    v
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Clock ticks per second of /proc/<pid>/stat times.
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the command name, which is in parentheses: state is field 3,
+    // utime 14 and stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("unexpected /proc/pid/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64, String> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("/proc/{pid}/stat: no field {n}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// user + nice + system time of the whole machine, in clock ticks.
+fn machine_busy_ticks() -> Result<u64, String> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let cpu = stat.lines().next().unwrap_or_default();
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() == 3 {
+        Ok(f.iter().sum())
+    } else {
+        Err(format!("unexpected /proc/stat line {cpu:?}"))
+    }
+}
+
+/// CPU times at one edge of the measured window.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    envoy: u64,
+    client: u64,
+    machine: u64,
+}
+
+impl Mark {
+    fn now(envoy_pid: u32) -> Result<Mark, String> {
+        Ok(Mark {
+            envoy: cpu_ticks(envoy_pid)?,
+            client: cpu_ticks(std::process::id())?,
+            machine: machine_busy_ticks()?,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    rps: f64,
+    cpu_us_per_req: f64,
+    /// The load generator's own CPU per request: shows it is not the bottleneck.
+    client_us_per_req: f64,
+    /// CPU cores that other processes used during the window: noise.
+    other_cores: f64,
+}
+
+/// Medians of one variant's runs.
+struct Summary {
+    rps: f64,
+    min: f64,
+    max: f64,
+    cpu: f64,
+    client: f64,
+}
+
+impl Summary {
+    fn of(samples: &[Sample]) -> Summary {
+        let rps: Vec<f64> = samples.iter().map(|x| x.rps).collect();
+        Summary {
+            min: rps.iter().copied().fold(f64::INFINITY, f64::min),
+            max: rps.iter().copied().fold(0.0, f64::max),
+            rps: median(rps),
+            cpu: median(samples.iter().map(|x| x.cpu_us_per_req).collect()),
+            client: median(samples.iter().map(|x| x.client_us_per_req).collect()),
+        }
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn stat(stats: &HashMap<String, u64>, name: &str) -> u64 {
+    stats.get(name).copied().unwrap_or(0)
+}
+
+fn check_counters(
+    v: &Variant,
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+    responses: u64,
+) -> Result<(), String> {
+    for c in &v.checks {
+        match c {
+            Check::EveryRequest(name) => {
+                if !after.contains_key(name) {
+                    return Err(format!("{}: Envoy has no counter {name}", v.name));
+                }
+                let moved = stat(after, name) - stat(before, name);
+                // The run's first requests may miss a cache; nothing else may.
+                if (moved as f64) < responses as f64 * 0.99 || moved > responses {
+                    return Err(format!(
+                        "{}: {name} moved by {moved} for {responses} responses",
+                        v.name
+                    ));
+                }
+            }
+            Check::Never(name) => {
+                let moved = stat(after, name) - stat(before, name);
+                if moved != 0 {
+                    return Err(format!("{}: {name} moved by {moved}, expected 0", v.name));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run() -> Result<(), String> {
+    let s = Settings::from_env()?;
+    let wasm = envoy::filter_wasm()?;
+    let wasm = wasm.canonicalize().unwrap_or(wasm);
+    let wasm_size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
+    let t = tokens();
+    let mut all = variants(&t);
+    if let Some(only) = &s.only {
+        for name in only {
+            if !all.iter().any(|v| v.name == name) {
+                let names: Vec<&str> = all.iter().map(|v| v.name).collect();
+                return Err(format!("BENCH_ONLY: no variant {name:?} (have {names:?})"));
+            }
+        }
+        all.retain(|v| v.name == "none" || only.iter().any(|n| n == v.name));
+    }
+
+    let listeners = all
+        .iter()
+        .map(|v| {
+            bootstrap::listener(
+                v.name,
+                v.filters.clone(),
+                vec![bootstrap::direct_response(200, "ok")],
+            )
+        })
+        .collect();
+    let boot = bootstrap::bootstrap(listeners, vec![]);
+    let envoy = Envoy::start_with(
+        &boot,
+        &Options {
+            concurrency: 1,
+            log_level: "warn",
+            wasm_log_level: "warn",
+        },
+    )?;
+    let version = http::get(envoy.admin_port, "/server_info", &[])
+        .map(|r| r.json()["version"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_else(|_| "?".into());
+    let version = version.split('/').nth(1).unwrap_or(&version).to_string();
+
+    // Before anything is timed: every variant answers 200 to its request,
+    // and every filter refuses the request without its headers.
+    for v in &all {
+        let headers: Vec<(&str, &str)> = v
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let port = envoy.port(v.name);
+        let r = http::get(port, PATH, &headers)?;
+        if r.status != 200 {
+            return Err(format!(
+                "{}: preflight answered {}: {}",
+                v.name,
+                r.status,
+                r.text()
+            ));
+        }
+        if v.enforces {
+            let r = http::get(port, PATH, &[])?;
+            if (200..300).contains(&r.status) {
+                return Err(format!(
+                    "{}: answered {} without credentials: the filter is not enforcing",
+                    v.name, r.status
+                ));
+            }
+        }
+    }
+
+    let ticks = clock_ticks_per_sec();
+    let pid = envoy.pid();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); all.len()];
+    let n = all.len();
+    eprintln!(
+        "bench: {} variants x {} rounds x ({:?} warm-up + {:?}), {} connections",
+        n, s.rounds, s.warmup, s.window, s.connections
+    );
+    for round in 0..s.rounds {
+        let shift = round * n / s.rounds.max(1);
+        for k in 0..n {
+            let i = (k + shift) % n;
+            let v = &all[i];
+            let mut cfg = loadgen::Config::new(envoy.port(v.name), PATH);
+            cfg.headers = v.headers.clone();
+            cfg.connections = s.connections;
+            cfg.warmup = s.warmup;
+            cfg.duration = s.window;
+            let before = envoy.stats();
+            let mut marks = Vec::new();
+            let report = loadgen::run_measured(&cfg, || marks.push(Mark::now(pid)));
+            let after = envoy.stats();
+            if !report.is_clean() {
+                return Err(format!(
+                    "{} (round {}): {} non-2xx of {} responses (e.g. status {:?}), failures: {:?}\n--- Envoy log tail ---\n{}",
+                    v.name,
+                    round + 1,
+                    report.total_errors,
+                    report.total_requests,
+                    report.sample_error_status,
+                    report.failures,
+                    envoy.log_tail(30)
+                ));
+            }
+            check_counters(v, &before, &after, report.total_requests)?;
+            let (m0, m1) = match marks.as_slice() {
+                [Ok(a), Ok(b)] => (*a, *b),
+                _ => return Err(format!("reading CPU times: {marks:?}")),
+            };
+            let per_req = |t: u64| t as f64 / ticks * 1e6 / report.requests as f64;
+            let others = (m1.machine - m0.machine)
+                .saturating_sub(m1.envoy - m0.envoy)
+                .saturating_sub(m1.client - m0.client);
+            let sample = Sample {
+                rps: report.requests_per_sec(),
+                cpu_us_per_req: per_req(m1.envoy - m0.envoy),
+                client_us_per_req: per_req(m1.client - m0.client),
+                other_cores: others as f64 / ticks / report.elapsed.as_secs_f64(),
+            };
+            eprintln!(
+                "bench: round {}/{} {:<20} {:>9.0} req/s  {:>7.1} Envoy CPU us/req  {:>5.1} client CPU us/req  {:.2} other cores",
+                round + 1,
+                s.rounds,
+                v.name,
+                sample.rps,
+                sample.cpu_us_per_req,
+                sample.client_us_per_req,
+                sample.other_cores
+            );
+            samples[i].push(sample);
+        }
+    }
+
+    let med: Vec<Summary> = samples.iter().map(|ss| Summary::of(ss)).collect();
+    let none = all.iter().position(|v| v.name == "none").unwrap();
+    let (none_rps, none_cpu) = (med[none].rps, med[none].cpu);
+
+    println!();
+    println!(
+        "ai-auth-filter benchmark: Envoy {version} (--concurrency 1, direct_response 200), {} keep-alive connections,",
+        s.connections
+    );
+    println!(
+        "{} interleaved rounds of {:.1} s (+{:.1} s warm-up) per variant, medians. CPU: Envoy's utime+stime over the window;",
+        s.rounds,
+        s.window.as_secs_f64(),
+        s.warmup.as_secs_f64()
+    );
+    println!("x none CPU: none's CPU per request over the variant's, the throughput ratio of a saturated");
+    println!(
+        "worker, steadier than req/s on a busy machine. client: the load generator's own CPU."
+    );
+    println!();
+    println!(
+        "{:<20} {:>8} {:>17} {:>7} {:>11} {:>13} {:>11} {:>14}",
+        "variant",
+        "req/s",
+        "(min-max)",
+        "x none",
+        "CPU us/req",
+        "extra us/req",
+        "x none CPU",
+        "client us/req"
+    );
+    for (i, v) in all.iter().enumerate() {
+        let m = &med[i];
+        println!(
+            "{:<20} {:>8.0} {:>17} {:>6.2}x {:>11.1} {:>13} {:>10.2}x {:>14.1}",
+            v.name,
+            m.rps,
+            format!("({:.0}-{:.0})", m.min, m.max),
+            m.rps / none_rps,
+            m.cpu,
+            if i == none {
+                "-".to_string()
+            } else {
+                format!("{:+.1}", m.cpu - none_cpu)
+            },
+            none_cpu / m.cpu,
+            m.client
+        );
+    }
+    let other: Vec<f64> = samples.iter().flatten().map(|x| x.other_cores).collect();
+    let other_mean = other.iter().sum::<f64>() / other.len().max(1) as f64;
+    let other_max = other.iter().copied().fold(0.0, f64::max);
+    println!();
+    println!(
+        "other processes used {other_mean:.2} CPU cores on average during the windows (max {other_max:.2}) of {} available{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if other_mean > 0.1 {
+            ": the machine was not quiet, figures are noisy"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!("filter .wasm: {wasm_size} bytes ({})", wasm.display());
+    println!();
+    println!("targets (issue 3):");
+    let ratios = |name: &str| {
+        all.iter()
+            .position(|v| v.name == name)
+            .map(|i| (med[i].rps / none_rps, none_cpu / med[i].cpu))
+    };
+    for alg in ["rs256", "es256", "eddsa"] {
+        let name = format!("wasm_{alg}_hit");
+        if let Some((r, c)) = ratios(&name) {
+            println!(
+                "  {name:<20} {r:.2}x none ({c:.2}x by CPU), target >= 0.85x: {}",
+                if r >= 0.85 { "met" } else { "NOT MET" }
+            );
+        }
+    }
+    for (name, reference) in [("native_jwt_nocache", 0.58), ("native_jwt_cache", 0.95)] {
+        if let Some((r, c)) = ratios(name) {
+            println!(
+                "  {name:<20} {r:.2}x none ({c:.2}x by CPU), reference: about {reference:.2}x"
+            );
+        }
+    }
+    for alg in ["rs256", "es256", "eddsa"] {
+        let name = format!("wasm_{alg}_miss");
+        if let Some((r, c)) = ratios(&name) {
+            println!(
+                "  {name:<20} {r:.2}x none ({c:.2}x by CPU), cache miss: reported as measured"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
