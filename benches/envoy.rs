@@ -188,6 +188,23 @@ fn wasm_jwt_rule(t: &Tokens, cache_size: Option<usize>, rule: Value) -> Value {
     bootstrap::wasm_filter(&json!({ "jwt_authn": jwt }))
 }
 
+/// benches/noop-filter's .wasm, next to ours (scripts/bench.sh builds both).
+fn noop_wasm_filter() -> Value {
+    let ours = envoy::filter_wasm().unwrap_or_else(|e| panic!("{e}"));
+    let noop = ours.with_file_name("ai_auth_noop_filter.wasm");
+    assert!(
+        noop.is_file(),
+        "{} not found: run scripts/bench.sh",
+        noop.display()
+    );
+    let mut filter = bootstrap::wasm_filter(&json!({}));
+    filter["typed_config"]["config"]["name"] = json!("noop");
+    filter["typed_config"]["config"]["root_id"] = json!("noop");
+    filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+        json!(noop.display().to_string());
+    filter
+}
+
 fn variants(t: &Tokens) -> Vec<Variant> {
     let native_stat =
         |listener: &str, counter: &str| format!("http.{listener}.jwt_authn.{counter}");
@@ -219,6 +236,15 @@ fn variants(t: &Tokens) -> Vec<Variant> {
                 Check::EveryRequest(native_stat("native_jwt_cache", "allowed")),
                 Check::EveryRequest(native_stat("native_jwt_cache", "jwt_cache_hit")),
             ],
+        },
+        // The floor of any wasm filter: a proxy-wasm filter that does nothing
+        // (benches/noop-filter), in the same V8.
+        Variant {
+            name: "wasm_noop",
+            filters: vec![noop_wasm_filter()],
+            headers: bearer(&t.rs256),
+            enforces: false,
+            checks: vec![],
         },
         // Diagnostic: our filter on a route that requires no JWT. The floor of
         // any wasm filter in V8 (VM calls per stream, the header snapshot);

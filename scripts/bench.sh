@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 ENVOY_BIN=$(scripts/setup.sh)
 FILTER_WASM=$(scripts/build-wasm.sh)
 export ENVOY_BIN FILTER_WASM
+# The floor variant's filter, built next to ours.
+cargo build --quiet --release --target wasm32-wasip1 -p ai-auth-noop-filter >&2
 
 echo "== building the benchmark (release)" >&2
 cargo bench --quiet --bench envoy --no-run >&2
