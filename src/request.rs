@@ -26,7 +26,12 @@ impl RequestView {
     pub fn new(headers: Vec<(String, String)>) -> Self {
         let mut view = RequestView::default();
         for (name, value) in headers {
-            let name = name.to_ascii_lowercase();
+            // Envoy hands names in lowercase already; only fold when needed.
+            let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                name.to_ascii_lowercase()
+            } else {
+                name
+            };
             match name.as_str() {
                 ":method" => view.method = value,
                 ":path" => view.path = value,
