@@ -111,8 +111,9 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     bytes.get(start..).unwrap_or_default()
 }
 
-/// Bit length of a big-endian integer without leading zero bytes.
+/// Bit length of a big-endian integer (leading zero bytes allowed).
 pub fn bit_length(be: &[u8]) -> usize {
+    let be = strip_leading_zeros(be);
     be.len() * 8 - be.first().map_or(0, |b| b.leading_zeros() as usize)
 }
 
@@ -125,29 +126,28 @@ impl RsaPublicKey {
     /// Prepares `(n, e)` (big-endian, leading zeros allowed). Size limits
     /// are the caller's policy; this refuses only what cannot be an RSA key:
     /// an even or tiny modulus, an even exponent or e = 1, e ≥ 2^32.
-    pub fn new(n: &[u8], e: &[u8]) -> Result<Self, &'static str> {
+    pub fn new(n: &[u8], e: &[u8]) -> Result<Self, String> {
         let n = strip_leading_zeros(n);
         let e = strip_leading_zeros(e);
         let bits = bit_length(n);
         // Below this the PKCS#1 v1.5 block cannot hold a SHA-512 DigestInfo
         // with the minimum padding; real keys are far larger anyway.
         if bits < 1024 {
-            return Err("RSA modulus is too small");
+            return Err(format!("RSA modulus is {bits} bits, too small"));
         }
-        if e.len() > 4 {
-            return Err("RSA exponent must be below 2^32");
-        }
-        let exponent = e.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        let exponent = match e.len() {
+            1..=4 => e.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)),
+            _ => 0,
+        };
         if exponent < 3 || exponent % 2 == 0 {
-            return Err("RSA exponent must be odd and greater than 1");
+            return Err(
+                "RSA exponent `e` must be an odd number greater than 1 and below 2^32".into(),
+            );
         }
-        let precision = u32::try_from(bits).map_err(|_| "RSA modulus is too large")?;
-        let modulus = BoxedUint::from_be_slice(n, precision)
-            .map_err(|_| "RSA modulus could not be decoded")?;
-        let modulus = modulus
-            .to_odd()
-            .into_option()
-            .ok_or("RSA modulus must be odd")?;
+        let invalid = || "RSA modulus must be an odd number".to_string();
+        let precision = u32::try_from(bits).map_err(|_| invalid())?;
+        let modulus = BoxedUint::from_be_slice(n, precision).map_err(|_| invalid())?;
+        let modulus = modulus.to_odd().into_option().ok_or_else(invalid)?;
         Ok(RsaPublicKey {
             // The modulus is public: the variable-time setup is fine.
             params: BoxedMontyParams::new_vartime(modulus),

@@ -49,14 +49,9 @@ impl std::fmt::Debug for KeyMaterial {
     }
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    bytes.get(start..).unwrap_or_default()
-}
-
 impl KeyMaterial {
     pub fn rsa(n: &[u8], e: &[u8]) -> Result<Self, String> {
-        let bits = super::rsa::bit_length(strip_leading_zeros(n));
+        let bits = super::rsa::bit_length(n);
         if bits < MIN_RSA_BITS {
             return Err(format!(
                 "RSA modulus is {bits} bits; at least {MIN_RSA_BITS} are required"
@@ -67,16 +62,8 @@ impl KeyMaterial {
                 "RSA modulus is {bits} bits; at most {MAX_RSA_BITS} are accepted"
             ));
         }
-        let e = strip_leading_zeros(e);
-        let e_is_odd = e.last().is_some_and(|b| b & 1 == 1);
-        if e.len() > 4 || !e_is_odd || e == [1] {
-            return Err(
-                "RSA exponent `e` must be an odd number greater than 1 and below 2^32".into(),
-            );
-        }
-        RsaPublicKey::new(n, e)
-            .map(|k| KeyMaterial::Rsa(Box::new(k)))
-            .map_err(|e| format!("RSA key could not be loaded: {e}"))
+        // The modulus goes into Montgomery form here, once per key.
+        RsaPublicKey::new(n, e).map(|k| KeyMaterial::Rsa(Box::new(k)))
     }
 
     pub fn ec(crv: &str, x: &[u8], y: &[u8]) -> Result<Self, String> {
