@@ -3,7 +3,7 @@
 //!
 //! The key is prepared once, when the JWKS is loaded: the modulus goes into
 //! Montgomery parameters (R mod n, R² mod n, -n⁻¹ mod 2^w), so a verification
-//! is one conversion, `bits(e)` squarings and `popcount(e) - 1`
+//! is one conversion, `bits(e) - 1` squarings and `popcount(e) - 1`
 //! multiplications (16 and 1 for e = 65537), and one reduction.
 //!
 //! Everything here handles public data (key, message, signature), so variable
