@@ -9,6 +9,7 @@ pub mod claims;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod rsa;
 pub mod signature;
 pub mod token;
 
@@ -317,11 +318,8 @@ impl<'a> Evaluation<'a> {
         let verified = candidates.any(|k| {
             k.material.verify(
                 parsed.alg,
-                parsed.raw,
                 parsed.signing_input.as_bytes(),
                 &parsed.signature,
-                self.now,
-                provider.clock_skew,
             )
         });
         if !verified {

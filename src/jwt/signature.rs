@@ -1,13 +1,20 @@
 //! Signature verification, one backend per algorithm family, chosen when the
 //! key is loaded.
 //!
-//! jwt-simple checks RS*, PS*, ES256, ES384, EdDSA and HS*; ES512, which
-//! jwt-simple lacks, is checked with RustCrypto's `p521`. Our own code has
-//! already parsed the token strictly and checked the claims before any of
-//! this runs; jwt-simple re-checks `exp`/`nbf` with the same clock and skew.
+//! - RS*/PS*: our own `rsa` module on `crypto-bigint`, the modulus prepared
+//!   (Montgomery form) once per key.
+//! - EdDSA: `ed25519-dalek`, strict verification.
+//! - ES256/ES384/ES512: RustCrypto's `p256`/`p384`/`p521`.
+//! - HS*: RustCrypto's `hmac`, constant-time tag comparison.
+//!
+//! Our own code has already parsed the token strictly and checked the claims
+//! and times before any of this runs, so a backend sees only
+//! `(alg, signing input, signature bytes)`.
 
 use super::keys::Alg;
-use jwt_simple::prelude::*;
+use super::rsa::{RsaHash, RsaPublicKey};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Sha256, Sha384, Sha512};
 
 /// Smallest RSA modulus we accept (RFC 7518 section 3.3).
 pub const MIN_RSA_BITS: usize = 2048;
@@ -16,37 +23,22 @@ pub const MAX_RSA_BITS: usize = 8192;
 
 /// A public (or, for HS*, shared) key ready to verify.
 pub enum KeyMaterial {
-    Rsa(Box<RsaKeys>),
-    P256(Box<ES256PublicKey>),
-    P384(Box<ES384PublicKey>),
+    Rsa(Box<RsaPublicKey>),
+    P256(Box<p256::ecdsa::VerifyingKey>),
+    P384(Box<p384::ecdsa::VerifyingKey>),
     P521(Box<p521::ecdsa::VerifyingKey>),
-    Ed25519(Box<Ed25519PublicKey>),
-    Hmac(Box<HmacKeys>),
+    Ed25519(Box<ed25519_dalek::VerifyingKey>),
+    Hmac(Box<HmacKey>),
 }
 
-/// jwt-simple has one type per RSA algorithm; all are built from the key once.
-pub struct RsaKeys {
-    bits: usize,
-    rs256: RS256PublicKey,
-    rs384: RS384PublicKey,
-    rs512: RS512PublicKey,
-    ps256: PS256PublicKey,
-    ps384: PS384PublicKey,
-    ps512: PS512PublicKey,
-}
-
-pub struct HmacKeys {
-    len: usize,
-    hs256: HS256Key,
-    hs384: HS384Key,
-    hs512: HS512Key,
-}
+/// An HMAC secret; never printed.
+pub struct HmacKey(Vec<u8>);
 
 impl std::fmt::Debug for KeyMaterial {
     // Never prints key bytes: an HMAC key is a secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self {
-            KeyMaterial::Rsa(k) => return write!(f, "RSA({} bits)", k.bits),
+            KeyMaterial::Rsa(k) => return write!(f, "RSA({} bits)", k.bits()),
             KeyMaterial::P256(_) => "EC P-256",
             KeyMaterial::P384(_) => "EC P-384",
             KeyMaterial::P521(_) => "EC P-521",
@@ -57,15 +49,9 @@ impl std::fmt::Debug for KeyMaterial {
     }
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    bytes.get(start..).unwrap_or_default()
-}
-
 impl KeyMaterial {
     pub fn rsa(n: &[u8], e: &[u8]) -> Result<Self, String> {
-        let n = strip_leading_zeros(n);
-        let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+        let bits = super::rsa::bit_length(n);
         if bits < MIN_RSA_BITS {
             return Err(format!(
                 "RSA modulus is {bits} bits; at least {MIN_RSA_BITS} are required"
@@ -76,23 +62,8 @@ impl KeyMaterial {
                 "RSA modulus is {bits} bits; at most {MAX_RSA_BITS} are accepted"
             ));
         }
-        let e = strip_leading_zeros(e);
-        let e_is_odd = e.last().is_some_and(|b| b & 1 == 1);
-        if e.len() > 4 || !e_is_odd || e == [1] {
-            return Err(
-                "RSA exponent `e` must be an odd number greater than 1 and below 2^32".into(),
-            );
-        }
-        let bad = |_| "RSA key could not be loaded".to_string();
-        Ok(KeyMaterial::Rsa(Box::new(RsaKeys {
-            bits,
-            rs256: RS256PublicKey::from_components(n, e).map_err(bad)?,
-            rs384: RS384PublicKey::from_components(n, e).map_err(bad)?,
-            rs512: RS512PublicKey::from_components(n, e).map_err(bad)?,
-            ps256: PS256PublicKey::from_components(n, e).map_err(bad)?,
-            ps384: PS384PublicKey::from_components(n, e).map_err(bad)?,
-            ps512: PS512PublicKey::from_components(n, e).map_err(bad)?,
-        })))
+        // The modulus goes into Montgomery form here, once per key.
+        RsaPublicKey::new(n, e).map(|k| KeyMaterial::Rsa(Box::new(k)))
     }
 
     pub fn ec(crv: &str, x: &[u8], y: &[u8]) -> Result<Self, String> {
@@ -114,10 +85,10 @@ impl KeyMaterial {
         let off_curve = || format!("EC point is not on {crv}");
         Ok(match crv {
             "P-256" => KeyMaterial::P256(Box::new(
-                ES256PublicKey::from_bytes(&point).map_err(|_| off_curve())?,
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
             )),
             "P-384" => KeyMaterial::P384(Box::new(
-                ES384PublicKey::from_bytes(&point).map_err(|_| off_curve())?,
+                p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
             )),
             _ => KeyMaterial::P521(Box::new(
                 p521::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
@@ -126,10 +97,10 @@ impl KeyMaterial {
     }
 
     pub fn ed25519(x: &[u8]) -> Result<Self, String> {
-        if x.len() != 32 {
-            return Err("Ed25519 key must be 32 bytes".into());
-        }
-        Ed25519PublicKey::from_bytes(x)
+        let bytes: &[u8; 32] = x
+            .try_into()
+            .map_err(|_| "Ed25519 key must be 32 bytes".to_string())?;
+        ed25519_dalek::VerifyingKey::from_bytes(bytes)
             .map(|k| KeyMaterial::Ed25519(Box::new(k)))
             .map_err(|_| "Ed25519 key could not be loaded".into())
     }
@@ -142,12 +113,7 @@ impl KeyMaterial {
                 k.len() * 8
             ));
         }
-        Ok(KeyMaterial::Hmac(Box::new(HmacKeys {
-            len: k.len(),
-            hs256: HS256Key::from_bytes(k),
-            hs384: HS384Key::from_bytes(k),
-            hs512: HS512Key::from_bytes(k),
-        })))
+        Ok(KeyMaterial::Hmac(Box::new(HmacKey(k.to_vec()))))
     }
 
     /// Whether this key type may verify `alg` (prevents algorithm confusion).
@@ -163,93 +129,91 @@ impl KeyMaterial {
                 | (KeyMaterial::P521(_), ES512)
                 | (KeyMaterial::Ed25519(_), EdDSA)
                 | (KeyMaterial::Hmac(_), HS256)
-        ) || matches!((self, alg), (KeyMaterial::Hmac(k), HS384) if k.len >= 48)
-            || matches!((self, alg), (KeyMaterial::Hmac(k), HS512) if k.len >= 64)
+        ) || matches!((self, alg), (KeyMaterial::Hmac(k), HS384) if k.0.len() >= 48)
+            || matches!((self, alg), (KeyMaterial::Hmac(k), HS512) if k.0.len() >= 64)
     }
 
-    /// Verifies the signature of `token` (whose signing input and decoded
-    /// signature are given too). `now` and `skew_secs` are the caller's,
-    /// so jwt-simple's own time checks agree with ours.
-    pub fn verify(
-        &self,
-        alg: Alg,
-        token: &str,
-        signing_input: &[u8],
-        signature: &[u8],
-        now: u64,
-        skew_secs: u64,
-    ) -> bool {
-        let options = || {
-            Some(VerificationOptions {
-                accept_future: true,
-                time_tolerance: Some(Duration::from_secs(skew_secs)),
-                artificial_time: Some(UnixTimeStamp::from_secs(now)),
-                max_token_length: None,
-                max_header_length: Some(usize::MAX),
-                ..Default::default()
-            })
-        };
+    /// Verifies `signature` over `signing_input` with `alg`; a key that does
+    /// not fit `alg` verifies nothing.
+    pub fn verify(&self, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
         use Alg::*;
+        if !self.fits(alg) {
+            return false;
+        }
         match (self, alg) {
-            (KeyMaterial::Rsa(k), RS256) => k
-                .rs256
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
-            (KeyMaterial::Rsa(k), RS384) => k
-                .rs384
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
-            (KeyMaterial::Rsa(k), RS512) => k
-                .rs512
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
-            (KeyMaterial::Rsa(k), PS256) => k
-                .ps256
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
-            (KeyMaterial::Rsa(k), PS384) => k
-                .ps384
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
-            (KeyMaterial::Rsa(k), PS512) => k
-                .ps512
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
-            (KeyMaterial::P256(k), ES256) => {
-                k.verify_token::<NoCustomClaims>(token, options()).is_ok()
+            (KeyMaterial::Rsa(k), RS256) => {
+                k.verify_pkcs1v15(RsaHash::Sha256, signing_input, signature)
             }
-            (KeyMaterial::P384(k), ES384) => {
-                k.verify_token::<NoCustomClaims>(token, options()).is_ok()
+            (KeyMaterial::Rsa(k), RS384) => {
+                k.verify_pkcs1v15(RsaHash::Sha384, signing_input, signature)
             }
+            (KeyMaterial::Rsa(k), RS512) => {
+                k.verify_pkcs1v15(RsaHash::Sha512, signing_input, signature)
+            }
+            (KeyMaterial::Rsa(k), PS256) => k.verify_pss(RsaHash::Sha256, signing_input, signature),
+            (KeyMaterial::Rsa(k), PS384) => k.verify_pss(RsaHash::Sha384, signing_input, signature),
+            (KeyMaterial::Rsa(k), PS512) => k.verify_pss(RsaHash::Sha512, signing_input, signature),
+            (KeyMaterial::P256(k), ES256) => verify_p256(k, signing_input, signature),
+            (KeyMaterial::P384(k), ES384) => verify_p384(k, signing_input, signature),
             (KeyMaterial::P521(k), ES512) => verify_p521(k, signing_input, signature),
-            (KeyMaterial::Ed25519(k), EdDSA) => {
-                k.verify_token::<NoCustomClaims>(token, options()).is_ok()
+            (KeyMaterial::Ed25519(k), EdDSA) => verify_ed25519(k, signing_input, signature),
+            (KeyMaterial::Hmac(k), HS256) => {
+                verify_hmac::<Hmac<Sha256>>(&k.0, signing_input, signature)
             }
-            (KeyMaterial::Hmac(k), HS256) => k
-                .hs256
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
-            (KeyMaterial::Hmac(k), HS384) => k
-                .hs384
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
-            (KeyMaterial::Hmac(k), HS512) => k
-                .hs512
-                .verify_token::<NoCustomClaims>(token, options())
-                .is_ok(),
+            (KeyMaterial::Hmac(k), HS384) => {
+                verify_hmac::<Hmac<Sha384>>(&k.0, signing_input, signature)
+            }
+            (KeyMaterial::Hmac(k), HS512) => {
+                verify_hmac::<Hmac<Sha512>>(&k.0, signing_input, signature)
+            }
             _ => false,
         }
     }
 }
 
-/// ES512 per RFC 7518 3.4: SHA-512, signature is R || S, 66 bytes each.
-fn verify_p521(key: &p521::ecdsa::VerifyingKey, signing_input: &[u8], signature: &[u8]) -> bool {
-    use p521::ecdsa::signature::Verifier;
-    if signature.len() != 132 {
-        return false;
-    }
-    match p521::ecdsa::Signature::from_slice(signature) {
-        Ok(sig) => key.verify(signing_input, &sig).is_ok(),
-        Err(_) => false,
-    }
+/// ES256 per RFC 7518 3.4: SHA-256, signature is R || S, 32 bytes each.
+pub fn verify_p256(key: &p256::ecdsa::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+    use p256::ecdsa::signature::Verifier;
+    signature.len() == 64
+        && p256::ecdsa::Signature::from_slice(signature)
+            .is_ok_and(|sig| key.verify(message, &sig).is_ok())
 }
+
+/// ES384 per RFC 7518 3.4: SHA-384, signature is R || S, 48 bytes each.
+pub fn verify_p384(key: &p384::ecdsa::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+    use p384::ecdsa::signature::Verifier;
+    signature.len() == 96
+        && p384::ecdsa::Signature::from_slice(signature)
+            .is_ok_and(|sig| key.verify(message, &sig).is_ok())
+}
+
+/// ES512 per RFC 7518 3.4: SHA-512, signature is R || S, 66 bytes each.
+pub fn verify_p521(key: &p521::ecdsa::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+    use p521::ecdsa::signature::Verifier;
+    signature.len() == 132
+        && p521::ecdsa::Signature::from_slice(signature)
+            .is_ok_and(|sig| key.verify(message, &sig).is_ok())
+}
+
+/// EdDSA (RFC 8037): Ed25519 with strict verification, which refuses
+/// non-canonical S, small-order R and weak (small-order) keys.
+pub fn verify_ed25519(key: &ed25519_dalek::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+    let Ok(bytes) = <&[u8; 64]>::try_from(signature) else {
+        return false;
+    };
+    let sig = ed25519_dalek::Signature::from_bytes(bytes);
+    key.verify_strict(message, &sig).is_ok()
+}
+
+/// HS* per RFC 7518 3.2: the whole tag, compared in constant time.
+fn verify_hmac<M: Mac + KeyInit>(key: &[u8], message: &[u8], tag: &[u8]) -> bool {
+    let Ok(mut mac) = <M as KeyInit>::new_from_slice(key) else {
+        return false;
+    };
+    mac.update(message);
+    mac.verify_slice(tag).is_ok()
+}
+
+#[cfg(test)]
+#[path = "signature_tests.rs"]
+mod tests;

@@ -15,7 +15,6 @@ const MAX_HEADER_BYTES: usize = 4096;
 /// A token that is well formed; its signature is not checked yet.
 #[derive(Debug)]
 pub struct ParsedToken<'a> {
-    pub raw: &'a str,
     pub alg: Alg,
     pub kid: Option<String>,
     /// `base64url(header) "." base64url(payload)`: the bytes that were signed.
@@ -99,7 +98,6 @@ pub fn parse(token: &str, max_len: usize) -> Result<ParsedToken<'_>, JwtError> {
         .ok_or(JwtError::BadFormat("not three base64url segments"))?;
     let claims = Claims::from_payload(payload, p64)?;
     Ok(ParsedToken {
-        raw: token,
         alg,
         kid,
         signing_input,
