@@ -1,24 +1,41 @@
 //! The verified-token cache: a client that reuses its token pays for the
 //! signature check once.
 //!
-//! Keyed by SHA-256 of (provider, token), so entries are small and a token is
-//! never kept in memory; bounded in entries (oldest evicted first) and in
-//! token size; an entry is never used past the token's `exp` (plus skew) and
-//! every time check is redone on a hit with the current clock.
+//! Keyed by a keyed hash (SipHash, random key per VM) of provider and token;
+//! an entry keeps its token and a hit compares it in full, so a hash
+//! collision can never return another token's claims. SipHash rather than
+//! SHA-256: hashing a 700-byte token with SHA-256 costs several µs in the VM,
+//! a large share of a cache hit. Bounded in entries (oldest evicted first)
+//! and in token size; an entry is never used past the token's `exp` (plus
+//! skew) and every time check is redone on a hit with the current clock.
 
 use super::token::Claims;
-use sha2::{Digest, Sha256};
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-pub type CacheKey = [u8; 32];
+/// Where a token would live in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheKey {
+    hash: u64,
+    provider: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    provider: usize,
+    token: Box<str>,
+    claims: Arc<Claims>,
+}
 
 #[derive(Debug)]
 pub struct VerifiedCache {
     capacity: usize,
     max_token_size: usize,
-    entries: HashMap<CacheKey, Arc<Claims>>,
-    order: VecDeque<CacheKey>,
+    hasher: RandomState,
+    entries: HashMap<u64, Entry>,
+    order: VecDeque<u64>,
 }
 
 impl VerifiedCache {
@@ -26,6 +43,7 @@ impl VerifiedCache {
         VerifiedCache {
             capacity,
             max_token_size,
+            hasher: RandomState::new(),
             entries: HashMap::with_capacity(capacity.min(4096)),
             order: VecDeque::with_capacity(capacity.min(4096)),
         }
@@ -40,30 +58,42 @@ impl VerifiedCache {
         if !self.is_enabled() || token.len() > self.max_token_size {
             return None;
         }
-        let mut h = Sha256::new();
-        h.update((provider as u64).to_le_bytes());
-        h.update(token.as_bytes());
-        Some(h.finalize().into())
+        Some(CacheKey {
+            hash: self.hasher.hash_one((provider, token)),
+            provider,
+        })
     }
 
-    /// A previous verification of the token, if it is still in its validity
-    /// window at `now`; stale entries are dropped.
-    pub fn get(&mut self, key: &CacheKey, now: u64, skew: u64) -> Option<Arc<Claims>> {
-        let claims = self.entries.get(key)?;
-        if claims.exp.is_some_and(|exp| now > exp.saturating_add(skew)) {
-            self.entries.remove(key);
-            self.order.retain(|k| k != key);
+    /// A previous verification of exactly this token, if it is still in its
+    /// validity window at `now`; stale entries are dropped.
+    pub fn get(&mut self, key: &CacheKey, token: &str, now: u64, skew: u64) -> Option<Arc<Claims>> {
+        let entry = self.entries.get(&key.hash)?;
+        if entry.provider != key.provider || *entry.token != *token {
             return None;
         }
-        Some(Arc::clone(claims))
+        if entry
+            .claims
+            .exp
+            .is_some_and(|exp| now > exp.saturating_add(skew))
+        {
+            self.entries.remove(&key.hash);
+            self.order.retain(|k| *k != key.hash);
+            return None;
+        }
+        Some(Arc::clone(&entry.claims))
     }
 
-    pub fn insert(&mut self, key: CacheKey, claims: Arc<Claims>) {
+    pub fn insert(&mut self, key: CacheKey, token: &str, claims: Arc<Claims>) {
         if !self.is_enabled() {
             return;
         }
-        if self.entries.insert(key, claims).is_none() {
-            self.order.push_back(key);
+        let entry = Entry {
+            provider: key.provider,
+            token: token.into(),
+            claims,
+        };
+        if self.entries.insert(key.hash, entry).is_none() {
+            self.order.push_back(key.hash);
         }
         while self.entries.len() > self.capacity {
             match self.order.pop_front() {
@@ -111,12 +141,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hit_needs_the_same_token() {
+        let mut c = VerifiedCache::new(10, 100);
+        let k = c.key(0, "t").unwrap();
+        c.insert(k, "t", claims(None));
+        // Same slot, other token (as a hash collision would be): a miss.
+        assert!(c.get(&k, "u", 0, 0).is_none());
+        assert!(c.get(&k, "t", 0, 0).is_some());
+    }
+
+    #[test]
     fn entries_expire_with_the_token() {
         let mut c = VerifiedCache::new(10, 100);
         let k = c.key(0, "t").unwrap();
-        c.insert(k, claims(Some(100)));
-        assert!(c.get(&k, 150, 60).is_some());
-        assert!(c.get(&k, 161, 60).is_none());
+        c.insert(k, "t", claims(Some(100)));
+        assert!(c.get(&k, "t", 150, 60).is_some());
+        assert!(c.get(&k, "t", 161, 60).is_none());
         assert!(c.is_empty());
     }
 
@@ -127,11 +167,11 @@ mod tests {
             .iter()
             .map(|t| c.key(0, t).unwrap())
             .collect();
-        for k in &keys {
-            c.insert(*k, claims(None));
+        for (k, t) in keys.iter().zip(["a", "b", "c"]) {
+            c.insert(*k, t, claims(None));
         }
         assert_eq!(c.len(), 2);
-        assert!(c.get(&keys[0], 0, 0).is_none());
-        assert!(c.get(&keys[2], 0, 0).is_some());
+        assert!(c.get(&keys[0], "a", 0, 0).is_none());
+        assert!(c.get(&keys[2], "c", 0, 0).is_some());
     }
 }

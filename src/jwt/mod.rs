@@ -294,7 +294,7 @@ impl<'a> Evaluation<'a> {
         let provider = self.provider(index)?;
         let key = self.cache.key(index, token);
         if let Some(key) = &key {
-            if let Some(claims) = self.cache.get(key, self.now, provider.clock_skew) {
+            if let Some(claims) = self.cache.get(key, token, self.now, provider.clock_skew) {
                 self.counters.push(Counter::JwtCacheHit);
                 check_times(provider, &claims, self.now)?;
                 return Ok(claims);
@@ -327,7 +327,7 @@ impl<'a> Evaluation<'a> {
         }
         let claims = Arc::new(parsed.claims);
         if let Some(key) = key {
-            self.cache.insert(key, Arc::clone(&claims));
+            self.cache.insert(key, token, Arc::clone(&claims));
         }
         Ok(claims)
     }
