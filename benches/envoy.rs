@@ -188,8 +188,9 @@ fn wasm_jwt_rule(t: &Tokens, cache_size: Option<usize>, rule: Value) -> Value {
     bootstrap::wasm_filter(&json!({ "jwt_authn": jwt }))
 }
 
-/// benches/noop-filter's .wasm, next to ours (scripts/bench.sh builds both).
-fn noop_wasm_filter() -> Value {
+/// benches/noop-filter's .wasm, next to ours (scripts/bench.sh builds both),
+/// in mode `noop` or `callout`.
+fn floor_wasm_filter(mode: &str) -> Value {
     let ours = envoy::filter_wasm().unwrap_or_else(|e| panic!("{e}"));
     let noop = ours.with_file_name("ai_auth_noop_filter.wasm");
     assert!(
@@ -198,8 +199,9 @@ fn noop_wasm_filter() -> Value {
         noop.display()
     );
     let mut filter = bootstrap::wasm_filter(&json!({}));
-    filter["typed_config"]["config"]["name"] = json!("noop");
-    filter["typed_config"]["config"]["root_id"] = json!("noop");
+    filter["typed_config"]["config"]["name"] = json!(mode);
+    filter["typed_config"]["config"]["root_id"] = json!("floor");
+    filter["typed_config"]["config"]["configuration"]["value"] = json!(mode);
     filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
         json!(noop.display().to_string());
     filter
@@ -241,7 +243,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         // (benches/noop-filter), in the same V8.
         Variant {
             name: "wasm_noop",
-            filters: vec![noop_wasm_filter()],
+            filters: vec![floor_wasm_filter("noop")],
             headers: bearer(&t.rs256),
             enforces: false,
             checks: vec![],
@@ -260,6 +262,44 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             ],
         },
     ];
+    // Passthrough auth (issue 4) against the same auth service, a second
+    // Envoy that answers 200 to requests carrying x-api-key, 403 otherwise.
+    let api_key = vec![("x-api-key".to_string(), "bench-key".to_string())];
+    let authz_stat = |counter: &str| format!("wasmcustom.ai_auth.ext_authz.{counter}");
+    v.push(Variant {
+        name: "native_ext_authz",
+        filters: vec![native_ext_authz()],
+        headers: api_key.clone(),
+        enforces: true,
+        checks: vec![Check::EveryRequest(
+            "http.native_ext_authz.ext_authz.ok".into(),
+        )],
+    });
+    // The floor of any proxy-wasm passthrough: one call, answer unread, resume.
+    v.push(Variant {
+        name: "wasm_callout_floor",
+        filters: vec![floor_wasm_filter("callout")],
+        headers: api_key.clone(),
+        enforces: false,
+        checks: vec![],
+    });
+    v.push(Variant {
+        name: "wasm_ext_authz",
+        filters: vec![wasm_ext_authz(false)],
+        headers: api_key.clone(),
+        enforces: true,
+        checks: vec![
+            Check::EveryRequest(authz_stat("ok")),
+            Check::Never(authz_stat("decision_cache_hit")),
+        ],
+    });
+    v.push(Variant {
+        name: "wasm_ext_authz_cache",
+        filters: vec![wasm_ext_authz(true)],
+        headers: api_key,
+        enforces: true,
+        checks: vec![Check::EveryRequest(authz_stat("decision_cache_hit"))],
+    });
     for (alg, token) in [
         ("rs256", &t.rs256),
         ("es256", &t.es256),
@@ -287,6 +327,54 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         });
     }
     v
+}
+
+/// Envoy's `ext_authz` with an HTTP service, as the passthrough variants use it.
+fn native_ext_authz() -> Value {
+    json!({
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "http_service": {
+                "server_uri": {"uri": "http://authz.local", "cluster": "ext_authz", "timeout": "1s"},
+                "authorization_request": {"allowed_headers": {"patterns": [{"exact": "x-api-key"}]}}
+            },
+            "transport_api_version": "V3"
+        }
+    })
+}
+
+/// Our passthrough with the same service and headers; optionally the decision cache.
+fn wasm_ext_authz(cache: bool) -> Value {
+    let mut authz = json!({
+        "http_service": {
+            "server_uri": {"uri": "http://authz.local", "cluster": "ext_authz", "timeout": "1s"},
+            "authorization_request": {"allowed_headers": {"patterns": [{"exact": "x-api-key"}]}}
+        }
+    });
+    if cache {
+        authz["decision_cache"] = json!({"key_headers": ["x-api-key"], "ttl": "3600s"});
+    }
+    bootstrap::wasm_filter(&json!({ "ext_authz": authz }))
+}
+
+/// The auth service of the passthrough variants: its own Envoy (so its CPU is
+/// not counted as the proxy's), 200 when `x-api-key` is present, else 403.
+fn start_auth_service() -> Result<Envoy, String> {
+    let routes = vec![
+        json!({"match": {"prefix": "/", "headers": [{"name": "x-api-key", "present_match": true}]},
+               "direct_response": {"status": 200}}),
+        json!({"match": {"prefix": "/"}, "direct_response": {"status": 403}}),
+    ];
+    let boot = bootstrap::bootstrap(vec![bootstrap::listener("authz", vec![], routes)], vec![]);
+    Envoy::start_with(
+        &boot,
+        &Options {
+            concurrency: 1,
+            log_level: "warn",
+            wasm_log_level: "warn",
+        },
+    )
 }
 
 fn leak(s: String) -> &'static str {
@@ -466,7 +554,11 @@ fn run() -> Result<(), String> {
             )
         })
         .collect();
-    let boot = bootstrap::bootstrap(listeners, vec![]);
+    let auth_service = start_auth_service()?;
+    let boot = bootstrap::bootstrap(
+        listeners,
+        vec![bootstrap::cluster("ext_authz", auth_service.port("authz"))],
+    );
     let envoy = Envoy::start_with(
         &boot,
         &Options {
@@ -666,6 +758,35 @@ fn run() -> Result<(), String> {
                 "  {name:<20} {r:.2}x none ({c:.2}x by CPU), cache miss: reported as measured"
             );
         }
+    }
+    if let Some(floor) = ratios("wasm_noop") {
+        println!(
+            "  {:<20} {:.2}x none ({:.2}x by CPU): a proxy-wasm filter that does nothing, the ceiling for any wasm variant",
+            "wasm_noop", floor.0, floor.1
+        );
+    }
+    println!();
+    println!("targets (issue 4):");
+    if let (Some(ours), Some(native)) = (ratios("wasm_ext_authz"), ratios("native_ext_authz")) {
+        let (r, c) = (ours.0 / native.0, ours.1 / native.1);
+        println!(
+            "  {:<20} {r:.2}x native_ext_authz ({c:.2}x by CPU), target >= 0.95x: {}",
+            "wasm_ext_authz",
+            if r >= 0.95 { "met" } else { "NOT MET" }
+        );
+    }
+    if let Some((r, c)) = ratios("wasm_ext_authz_cache") {
+        println!(
+            "  {:<20} {r:.2}x none ({c:.2}x by CPU), target >= 0.85x: {}",
+            "wasm_ext_authz_cache",
+            if r >= 0.85 { "met" } else { "NOT MET" }
+        );
+    }
+    if let Some((r, c)) = ratios("native_ext_authz") {
+        println!(
+            "  {:<20} {r:.2}x none ({c:.2}x by CPU), reference: about 0.60x",
+            "native_ext_authz"
+        );
     }
     Ok(())
 }

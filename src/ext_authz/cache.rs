@@ -12,7 +12,6 @@ use super::config::DecisionCacheConfig;
 use super::AuthDecision;
 use crate::callout::SharedStore;
 use crate::request::RequestView;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Denials with a body above this are not cached (shared memory is not for bodies).
@@ -22,10 +21,6 @@ const MAX_CACHED_BODY: usize = 4096;
 pub struct DecisionKey([u8; 32]);
 
 impl DecisionKey {
-    fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     fn slot(&self, max_entries: usize) -> usize {
         let mut first = [0u8; 8];
         first.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
@@ -33,11 +28,119 @@ impl DecisionKey {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Entry {
-    key: String,
-    expires_at: u64,
-    decision: AuthDecision,
+/// A compact binary form of an entry: serde_json cost several µs per hit in
+/// the VM. Layout: version, key (32), expiry (u64 LE), then the decision:
+/// `0` allow with three header lists, or `1` deny with status, headers, body.
+/// Strings and lists are u16/u32-length-prefixed; decoding checks every bound.
+mod wire {
+    use super::super::AuthDecision;
+
+    const VERSION: u8 = 1;
+
+    fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Option<()> {
+        out.extend_from_slice(&u32::try_from(b.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(b);
+        Some(())
+    }
+
+    fn put_headers(out: &mut Vec<u8>, headers: &[(String, String)]) -> Option<()> {
+        out.extend_from_slice(&u16::try_from(headers.len()).ok()?.to_le_bytes());
+        for (k, v) in headers {
+            put_bytes(out, k.as_bytes())?;
+            put_bytes(out, v.as_bytes())?;
+        }
+        Some(())
+    }
+
+    pub fn encode(key: &[u8; 32], expires_at: u64, decision: &AuthDecision) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(128);
+        out.push(VERSION);
+        out.extend_from_slice(key);
+        out.extend_from_slice(&expires_at.to_le_bytes());
+        match decision {
+            AuthDecision::Allow {
+                upstream_set,
+                upstream_append,
+                client,
+            } => {
+                out.push(0);
+                put_headers(&mut out, upstream_set)?;
+                put_headers(&mut out, upstream_append)?;
+                put_headers(&mut out, client)?;
+            }
+            AuthDecision::Deny {
+                status,
+                headers,
+                body,
+            } => {
+                out.push(1);
+                out.extend_from_slice(&status.to_le_bytes());
+                put_headers(&mut out, headers)?;
+                put_bytes(&mut out, body)?;
+            }
+            AuthDecision::Error(_) => return None,
+        }
+        Some(out)
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+            self.0 = rest;
+            Some(head)
+        }
+        fn u8(&mut self) -> Option<u8> {
+            self.take(1)?.first().copied()
+        }
+        fn u16(&mut self) -> Option<u16> {
+            Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+        }
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        }
+        fn bytes(&mut self) -> Option<&'a [u8]> {
+            let n = usize::try_from(self.u32()?).ok()?;
+            self.take(n)
+        }
+        fn string(&mut self) -> Option<String> {
+            String::from_utf8(self.bytes()?.to_vec()).ok()
+        }
+        fn headers(&mut self) -> Option<Vec<(String, String)>> {
+            let n = self.u16()?;
+            (0..n)
+                .map(|_| Some((self.string()?, self.string()?)))
+                .collect()
+        }
+    }
+
+    /// The decision stored under `key`, with its expiry; `None` for another
+    /// key (a slot reused) or anything malformed.
+    pub fn decode(bytes: &[u8], key: &[u8; 32]) -> Option<(u64, AuthDecision)> {
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION || r.take(32)? != key {
+            return None;
+        }
+        let expires_at = r.u64()?;
+        let decision = match r.u8()? {
+            0 => AuthDecision::Allow {
+                upstream_set: r.headers()?,
+                upstream_append: r.headers()?,
+                client: r.headers()?,
+            },
+            1 => AuthDecision::Deny {
+                status: r.u16()?,
+                headers: r.headers()?,
+                body: r.bytes()?.to_vec(),
+            },
+            _ => return None,
+        };
+        Some((expires_at, decision))
+    }
 }
 
 pub fn key(cfg: &DecisionCacheConfig, req: &RequestView, body: Option<&[u8]>) -> DecisionKey {
@@ -75,8 +178,8 @@ pub fn lookup(
     now: u64,
 ) -> Option<AuthDecision> {
     let bytes = store.get(&store_key(namespace, key.slot(cfg.max_entries)))?;
-    let entry: Entry = serde_json::from_slice(&bytes).ok()?;
-    (entry.key == key.hex() && now < entry.expires_at).then_some(entry.decision)
+    let (expires_at, decision) = wire::decode(&bytes, &key.0)?;
+    (now < expires_at).then_some(decision)
 }
 
 /// `max-age` from `Cache-Control`; `no-store`/`no-cache` mean zero.
@@ -114,17 +217,12 @@ pub fn remember(
     if ttl == 0 {
         return false;
     }
-    let entry = Entry {
-        key: key.hex(),
-        expires_at: now.saturating_add(ttl),
-        decision: decision.clone(),
-    };
-    match serde_json::to_vec(&entry) {
-        Ok(bytes) => {
+    match wire::encode(&key.0, now.saturating_add(ttl), decision) {
+        Some(bytes) => {
             store.set(&store_key(namespace, key.slot(cfg.max_entries)), &bytes);
             true
         }
-        Err(_) => false,
+        None => false,
     }
 }
 
@@ -222,6 +320,33 @@ mod tests {
         let error = AuthDecision::Error(ErrorKind::ServerError(503));
         let k2 = key(&cfg(2), &req("/b", "k1"), None);
         assert!(!remember(&cfg(2), "ns", &store, &k2, &error, None, 0));
+    }
+
+    #[test]
+    fn wire_form_round_trips_and_rejects_garbage() {
+        let key = [7u8; 32];
+        let deny = AuthDecision::Deny {
+            status: 302,
+            headers: vec![("location".into(), "/login".into())],
+            body: b"\x00\xffbody".to_vec(),
+        };
+        for d in [allow(), deny] {
+            let bytes = wire::encode(&key, 42, &d).unwrap();
+            assert_eq!(wire::decode(&bytes, &key), Some((42, d.clone())));
+            assert_eq!(wire::decode(&bytes, &[8u8; 32]), None, "another key");
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    wire::decode(&bytes[..cut], &key),
+                    None,
+                    "truncated at {cut}"
+                );
+            }
+        }
+        assert_eq!(
+            wire::encode(&key, 1, &AuthDecision::Error(ErrorKind::NoResponse)),
+            None
+        );
+        assert_eq!(wire::decode(b"garbage", &key), None);
     }
 
     #[test]

@@ -131,6 +131,10 @@ struct RawDecisionCache {
 pub struct HeaderList(Vec<StringMatcher>);
 
 impl HeaderList {
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+
     pub fn matches(&self, name: &str) -> bool {
         self.0.iter().any(|m| m.matches(name))
     }

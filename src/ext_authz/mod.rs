@@ -13,7 +13,6 @@ use crate::request::RequestView;
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
 pub use config::ExtAuthz;
-use serde::{Deserialize, Serialize};
 
 /// Header Envoy's `ext_authz` adds when an auth-service error was let through.
 pub const FAILURE_MODE_ALLOWED_HEADER: &str = "x-envoy-auth-failure-mode-allowed";
@@ -33,7 +32,7 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// What the auth service said, before `failure_mode_allow` is considered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
     Allow {
         /// Headers that overwrite the request's.
@@ -53,7 +52,7 @@ pub enum AuthDecision {
     Error(ErrorKind),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Timeout, reset, connection refused, a reply that was not HTTP.
     NoResponse,
@@ -269,6 +268,29 @@ impl ExtAuthz {
             .collect();
         names.dedup();
         names.into_iter().map(HeaderOp::remove).collect()
+    }
+
+    /// Whether deciding on a reply with this status needs its headers: a
+    /// denial (they may go to the client), or an allow when header lists or
+    /// the cache (`Cache-Control`) use them. Reading them costs a call into
+    /// the VM per reply, so the host asks first.
+    pub fn needs_reply_headers(&self, status: Option<u16>) -> bool {
+        match status {
+            Some(200..=299) => {
+                self.upstream_headers.is_set()
+                    || self.upstream_headers_to_append.is_set()
+                    || self.client_headers_on_success.is_set()
+                    || self.decision_cache.is_some()
+            }
+            // 5xx is an error whatever the headers.
+            Some(s) => s < 500,
+            None => false,
+        }
+    }
+
+    /// Only a denial carries the service's body to the client.
+    pub fn needs_reply_body(&self, status: Option<u16>) -> bool {
+        matches!(status, Some(s) if !(200..=299).contains(&s) && s < 500)
     }
 
     /// Whether the stage runs for this request (per-route `disabled`).

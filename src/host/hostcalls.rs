@@ -106,6 +106,14 @@ pub fn callout_response_headers() -> Vec<(String, String)> {
         .collect()
 }
 
+/// `:status` of the callout reply; `None` when there was no HTTP answer.
+pub fn callout_status() -> Option<u16> {
+    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok())
+}
+
 pub fn callout_response_body(size: usize) -> Vec<u8> {
     hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
         .ok()

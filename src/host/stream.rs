@@ -208,11 +208,24 @@ impl Shared {
         let Some(pending) = self.pending.borrow_mut().remove(&context_id) else {
             return;
         };
-        // Read the reply before switching to the stream's context.
-        let reply = CalloutResponse::from_headers(
-            hostcalls::callout_response_headers(),
-            hostcalls::callout_response_body(body_size),
-        );
+        // Read the reply before switching to the stream's context, and only
+        // what the decision needs (each read is a call into the VM).
+        let status = hostcalls::callout_status();
+        let authz = self.config.ext_authz.as_ref();
+        let mut headers = if authz.is_some_and(|a| a.needs_reply_headers(status)) {
+            hostcalls::callout_response_headers()
+        } else {
+            Vec::new()
+        };
+        if let Some(s) = status {
+            headers.push((":status".to_string(), s.to_string()));
+        }
+        let body = if body_size > 0 && authz.is_some_and(|a| a.needs_reply_body(status)) {
+            hostcalls::callout_response_body(body_size)
+        } else {
+            Vec::new()
+        };
+        let reply = CalloutResponse::from_headers(headers, body);
         let decision = flow::on_callout_response(
             &self.config,
             &SharedData,
