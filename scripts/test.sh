@@ -17,7 +17,7 @@ echo "== clippy (host, all targets)"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
 echo "== clippy (wasm32-wasip1)"
-cargo clippy --quiet -p ai-auth-filter --lib --target wasm32-wasip1 -- -D warnings
+cargo clippy --quiet -p ai-auth-filter -p ai-auth-noop-filter --lib --target wasm32-wasip1 -- -D warnings
 
 if [ -x scripts/validate-configs.sh ]; then
   echo "== shipped Envoy configs"
