@@ -3,7 +3,7 @@
 //! in their place.
 
 use crate::config::unique_map::UniqueMap;
-use crate::config::{ConfigError, Environment};
+use crate::config::{header_name, ConfigError, DataSource, Environment};
 use crate::jwt::Identity;
 use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::{is_valid_header_value, HeaderOp, LocalReply};
@@ -56,7 +56,7 @@ pub enum NoBackend {
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     scheme: SchemeName,
-    secret: Option<RawSecret>,
+    secret: Option<DataSource>,
     secret_by_claim: Option<RawSecretByClaim>,
     /// For `header`: the header name; for `bearer`-like schemes it is `authorization`.
     header: Option<String>,
@@ -83,21 +83,13 @@ enum SchemeName {
     Header,
 }
 
-/// Envoy `DataSource` naming: inline, or an environment variable of the VM.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecret {
-    inline_string: Option<String>,
-    environment_variable: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecretByClaim {
     /// Claim of the verified JWT (dotted path), e.g. `tenant` or `azp`.
     claim: String,
-    secrets: UniqueMap<RawSecret>,
-    default: Option<RawSecret>,
+    secrets: UniqueMap<DataSource>,
+    default: Option<DataSource>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,22 +155,8 @@ pub struct UpstreamCredentials {
     pub needs_route_info: bool,
 }
 
-fn load_secret(raw: RawSecret, env: &dyn Environment) -> Result<Secret, ConfigError> {
-    let value = match (raw.inline_string, raw.environment_variable) {
-        (Some(v), None) => v,
-        (None, Some(var)) => env.var(&var).ok_or_else(|| {
-            ConfigError::new(
-                "environment_variable",
-                format!("environment variable `{var}` is not set in the VM (vm_config.environment_variables)"),
-            )
-        })?,
-        _ => {
-            return Err(ConfigError::new(
-                "",
-                "exactly one of inline_string, environment_variable must be set",
-            ))
-        }
-    };
+fn load_secret(raw: DataSource, env: &dyn Environment) -> Result<Secret, ConfigError> {
+    let value = raw.read(env)?;
     // The reason never quotes the value: it is a secret.
     if value.trim().is_empty() {
         return Err(ConfigError::new("", "the secret is empty"));
@@ -190,21 +168,6 @@ fn load_secret(raw: RawSecret, env: &dyn Environment) -> Result<Secret, ConfigEr
         ));
     }
     Ok(Secret::new(value))
-}
-
-fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
-    let lower = name.to_ascii_lowercase();
-    if lower.is_empty()
-        || !lower
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-    {
-        return Err(ConfigError::new(
-            field,
-            format!("`{name}` is not a valid header name"),
-        ));
-    }
-    Ok(lower)
 }
 
 impl UpstreamCredentials {

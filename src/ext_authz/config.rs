@@ -1,6 +1,6 @@
 //! The `ext_authz` section, named as Envoy's `ext_authz` with an `http_service`.
 
-use crate::config::{duration, ConfigError};
+use crate::config::{duration, header_name, ConfigError};
 use crate::response::is_valid_header_value;
 use crate::route::{RawRouteMatch, RawStringMatcher, RouteMatch, StringMatcher};
 use serde::Deserialize;
@@ -192,22 +192,6 @@ pub struct ExtAuthz {
     /// Separates this plugin's cached decisions from another plugin's in the
     /// same VM (set from a hash of the whole plugin configuration).
     pub cache_namespace: String,
-}
-
-fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
-    let lower = name.to_ascii_lowercase();
-    let ok = !lower.is_empty()
-        && lower
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if ok {
-        Ok(lower)
-    } else {
-        Err(ConfigError::new(
-            field,
-            format!("`{name}` is not a valid header name"),
-        ))
-    }
 }
 
 impl ExtAuthz {

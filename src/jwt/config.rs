@@ -4,7 +4,7 @@
 use super::claims::{ClaimRule, RawClaimRule};
 use super::keys::{parse_jwks, KeySet};
 use crate::config::unique_map::UniqueMap;
-use crate::config::{duration, ConfigError, Environment};
+use crate::config::{duration, header_name, ConfigError, DataSource, Environment};
 use crate::response::is_valid_header_value;
 use crate::route::{RawRouteMatch, RouteMatch};
 use serde::Deserialize;
@@ -45,7 +45,7 @@ struct RawProvider {
     issuer: Option<String>,
     #[serde(default)]
     audiences: Vec<String>,
-    local_jwks: Option<RawDataSource>,
+    local_jwks: Option<DataSource>,
     #[serde(default)]
     from_headers: Vec<RawJwtHeader>,
     #[serde(default)]
@@ -62,14 +62,6 @@ struct RawProvider {
     #[serde(default)]
     claim_to_headers: Vec<RawClaimToHeader>,
     forward_payload_header: Option<String>,
-}
-
-/// Envoy's `DataSource`, the variants that make sense inside a VM.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDataSource {
-    inline_string: Option<String>,
-    environment_variable: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,13 +179,6 @@ pub struct JwtAuthn {
     pub realm: Option<String>,
 }
 
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-}
-
 impl JwtAuthn {
     pub fn compile(raw: RawJwtAuthn, env: &dyn Environment) -> Result<Self, ConfigError> {
         if raw.providers.0.is_empty() {
@@ -290,32 +275,12 @@ fn compile_provider(
     let jwks_source = p.local_jwks.ok_or_else(|| {
         ConfigError::new("local_jwks", "a provider needs its keys: set local_jwks")
     })?;
-    let jwks_text = match (jwks_source.inline_string, jwks_source.environment_variable) {
-        (Some(text), None) => text,
-        (None, Some(var)) => env.var(&var).ok_or_else(|| {
-            ConfigError::new(
-                "local_jwks.environment_variable",
-                format!("environment variable `{var}` is not set in the VM (vm_config.environment_variables)"),
-            )
-        })?,
-        _ => {
-            return Err(ConfigError::new(
-                "local_jwks",
-                "exactly one of inline_string, environment_variable must be set",
-            ))
-        }
-    };
+    let jwks_text = jwks_source.read(env).map_err(|e| e.under("local_jwks"))?;
     let loaded = parse_jwks(&jwks_text).map_err(|e| ConfigError::new("local_jwks", e))?;
 
     let mut locations = Vec::new();
     for (i, h) in p.from_headers.iter().enumerate() {
-        let name = h.name.to_ascii_lowercase();
-        if !valid_header_name(&name) {
-            return Err(ConfigError::new(
-                format!("from_headers[{i}].name"),
-                "is not a valid header name",
-            ));
-        }
+        let name = header_name(&h.name, &format!("from_headers[{i}].name"))?;
         locations.push(Location::Header {
             name,
             prefix: h.value_prefix.clone().filter(|v| !v.is_empty()),
@@ -350,13 +315,10 @@ fn compile_provider(
 
     let mut claim_to_headers = Vec::new();
     for (i, c) in p.claim_to_headers.iter().enumerate() {
-        let header = c.header_name.to_ascii_lowercase();
-        if !valid_header_name(&header) {
-            return Err(ConfigError::new(
-                format!("claim_to_headers[{i}].header_name"),
-                "is not a valid header name",
-            ));
-        }
+        let header = header_name(
+            &c.header_name,
+            &format!("claim_to_headers[{i}].header_name"),
+        )?;
         if c.claim_name.is_empty() || c.claim_name.split('.').any(str::is_empty) {
             return Err(ConfigError::new(
                 format!("claim_to_headers[{i}].claim_name"),
@@ -368,14 +330,11 @@ fn compile_provider(
             c.claim_name.split('.').map(str::to_string).collect(),
         ));
     }
-    if let Some(h) = &p.forward_payload_header {
-        if !valid_header_name(&h.to_ascii_lowercase()) {
-            return Err(ConfigError::new(
-                "forward_payload_header",
-                "is not a valid header name",
-            ));
-        }
-    }
+    let forward_payload_header = p
+        .forward_payload_header
+        .as_deref()
+        .map(|h| header_name(h, "forward_payload_header"))
+        .transpose()?;
     if let Some(prefix) = locations.iter().find_map(|l| match l {
         Location::Header {
             prefix: Some(p), ..
@@ -405,7 +364,7 @@ fn compile_provider(
         require_expiration: p.require_expiration,
         max_lifetime,
         claim_to_headers,
-        forward_payload_header: p.forward_payload_header.map(|h| h.to_ascii_lowercase()),
+        forward_payload_header,
     })
 }
 
