@@ -161,6 +161,17 @@ impl FilterConfig {
     }
 }
 
+impl FilterConfig {
+    /// Whether any stage reads the clock: JWT times, or the decision cache.
+    pub fn needs_clock(&self) -> bool {
+        self.jwt_authn.is_some()
+            || self
+                .ext_authz
+                .as_ref()
+                .is_some_and(|a| a.decision_cache.is_some())
+    }
+}
+
 /// serde_json appends " at line 1 column 42"; the field path says more.
 fn clean_serde_message(message: &str) -> String {
     match message.rfind(" at line ") {

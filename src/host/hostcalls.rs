@@ -138,7 +138,3 @@ impl SharedStore for SharedData {
         }
     }
 }
-
-pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
-    hostcalls::set_effective_context(context_id)
-}

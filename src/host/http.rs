@@ -75,7 +75,7 @@ impl HttpContext for HttpFilter {
             );
         }
         request.set_has_body(!end_of_stream);
-        let now = hostcalls::now_secs();
+        let now = shared.clock();
         let (decision, flight) = match shared.state.try_borrow_mut() {
             Ok(mut state) => {
                 flow::on_request_headers(&shared.config, &mut state, &SharedData, request, now)

@@ -20,17 +20,14 @@ pub struct Pending {
     pub waiting: Waiting,
 }
 
-/// Where the continuation runs.
+/// Where the continuation runs. Callouts are sent from the stream's own
+/// context, so their replies arrive there too: no context switch is needed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Site {
     /// Inside the stream's own request callback: returning `Continue` resumes it.
     Callback,
-    /// Anywhere else: act on the stream by id and resume it explicitly.
+    /// In the callout reply: the paused request is resumed explicitly.
     Async,
-}
-
-fn enter(context_id: u32, site: Site) -> bool {
-    site == Site::Callback || hostcalls::set_effective_context(context_id).is_ok()
 }
 
 fn apply(ops: &[HeaderOp]) -> Result<(), String> {
@@ -84,10 +81,6 @@ impl Shared {
         }
         if !decision.log.is_empty() {
             log::debug!("#{context_id} {}", decision.log);
-        }
-        if !enter(context_id, site) {
-            // The stream is gone (client went away): nothing to do.
-            return Action::Pause;
         }
         for (name, value) in &decision.properties {
             hostcalls::set_filter_state(name, value);
@@ -174,7 +167,7 @@ impl Shared {
             flight,
             &body,
             truncated,
-            hostcalls::now_secs(),
+            self.clock(),
         );
         self.perform(context_id, decision, next, site)
     }
@@ -244,6 +237,16 @@ impl Shared {
             }
         }
         self.response_headers.borrow_mut().remove(&context_id);
+    }
+
+    /// The host's clock when a stage needs it (JWT times, the decision
+    /// cache's TTLs); 0 otherwise, sparing a hostcall per request.
+    pub fn clock(&self) -> u64 {
+        if self.config.needs_clock() {
+            hostcalls::now_secs()
+        } else {
+            0
+        }
     }
 
     pub fn is_waiting(&self, context_id: u32) -> bool {
