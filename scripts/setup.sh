@@ -22,8 +22,9 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.versio
 fi
 
 # PyYAML: scripts/validate-configs.sh reads the Istio and Envoy Gateway manifests.
-if ! .venv/bin/python -c "import yaml" 2>/dev/null; then
-  .venv/bin/pip install --quiet --disable-pip-version-check "PyYAML==6.0.2" >&2
+# cryptography: the OpenSSL reference of tests/envoy/crypto_reference.rs.
+if ! .venv/bin/python -c "import yaml, cryptography" 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check "PyYAML==6.0.2" "cryptography==48.0.0" >&2
 fi
 
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)

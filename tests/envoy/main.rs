@@ -9,6 +9,7 @@
     clippy::indexing_slicing
 )]
 mod config_rejection;
+mod crypto_reference;
 mod ext_authz_http;
 mod jwt_authn;
 mod layering;
