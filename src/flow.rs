@@ -23,10 +23,12 @@ use crate::config::FilterConfig;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
 use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
+use crate::jwt::keys::KeySet;
 use crate::jwt::{self, cache::VerifiedCache, Identity};
 use crate::request::RequestView;
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
+use std::sync::Arc;
 
 /// What the host does next with the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,12 +58,16 @@ pub struct Decision {
     pub properties: Vec<(&'static str, String)>,
     /// Headers to add to the client's response once it comes.
     pub response_headers: Vec<(String, String)>,
+    /// Remote providers whose keys should be fetched again soon (unknown `kid`).
+    pub jwks_refresh: Vec<usize>,
 }
 
 /// State a worker VM keeps between requests.
 #[derive(Debug)]
 pub struct WorkerState {
     pub jwt_cache: VerifiedCache,
+    /// Keys of remote providers, as the root context last loaded them.
+    pub remote_keys: Vec<Option<Arc<KeySet>>>,
 }
 
 impl WorkerState {
@@ -70,8 +76,10 @@ impl WorkerState {
             .jwt_authn
             .as_ref()
             .map_or((0, 0), |j| (j.cache_size, j.max_cached_token_size));
+        let providers = cfg.jwt_authn.as_ref().map_or(0, |j| j.providers.len());
         WorkerState {
             jwt_cache: VerifiedCache::new(size, max_token),
+            remote_keys: vec![None; providers],
         }
     }
 }
@@ -88,6 +96,7 @@ pub struct InFlight {
     cache_key: Option<DecisionKey>,
     /// The headers went on (body mode): no header edit is possible any more.
     headers_released: bool,
+    jwks_refresh: Vec<usize>,
 }
 
 impl InFlight {
@@ -106,6 +115,7 @@ impl InFlight {
             log: self.log.join("; "),
             properties: Vec::new(),
             response_headers: Vec::new(),
+            jwks_refresh: std::mem::take(&mut self.jwks_refresh),
         }
     }
 }
@@ -127,10 +137,18 @@ pub fn on_request_headers(
         counters: Vec::new(),
         cache_key: None,
         headers_released: false,
+        jwks_refresh: Vec::new(),
     };
     if let Some(jwt_cfg) = &cfg.jwt_authn {
-        let outcome = jwt::authenticate(jwt_cfg, &flight.req, now, &mut state.jwt_cache);
+        let outcome = jwt::authenticate_with(
+            jwt_cfg,
+            &flight.req,
+            now,
+            &mut state.jwt_cache,
+            &state.remote_keys,
+        );
         flight.counters.extend(outcome.counters);
+        flight.jwks_refresh = outcome.refresh;
         let rule = outcome.rule.map_or("none".to_string(), |r| r.to_string());
         match outcome.result {
             Err(e) => {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod ext_authz;
 pub mod flow;
+pub mod jwks;
 pub mod jwt;
 pub mod request;
 pub mod response;

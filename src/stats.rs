@@ -22,10 +22,12 @@ pub enum Counter {
     ExtAuthzDisabled,
     ExtAuthzCacheHit,
     ExtAuthzCacheMiss,
+    JwksFetchSuccess,
+    JwksFetchFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 17] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -41,6 +43,8 @@ impl Counter {
         Counter::ExtAuthzDisabled,
         Counter::ExtAuthzCacheHit,
         Counter::ExtAuthzCacheMiss,
+        Counter::JwksFetchSuccess,
+        Counter::JwksFetchFailed,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -61,6 +65,8 @@ impl Counter {
             Counter::ExtAuthzDisabled => "ext_authz.disabled",
             Counter::ExtAuthzCacheHit => "ext_authz.decision_cache_hit",
             Counter::ExtAuthzCacheMiss => "ext_authz.decision_cache_miss",
+            Counter::JwksFetchSuccess => "jwt_authn.jwks_fetch_success",
+            Counter::JwksFetchFailed => "jwt_authn.jwks_fetch_failed",
         }
     }
 

@@ -96,6 +96,9 @@ struct RawFilterConfig {
 /// The compiled configuration shared by every request of a VM.
 #[derive(Debug, Default)]
 pub struct FilterConfig {
+    /// Separates this plugin's shared data (JWKS, cached decisions) from
+    /// another plugin's in the same VM: a hash of the whole configuration.
+    pub namespace: String,
     pub jwt_authn: Option<JwtAuthn>,
     pub ext_authz: Option<ExtAuthz>,
     pub upstream_credentials: Option<UpstreamCredentials>,
@@ -132,13 +135,17 @@ impl FilterConfig {
             .jwt_authn
             .map(|j| JwtAuthn::compile(j, env).map_err(|e| e.under("jwt_authn")))
             .transpose()?;
+        let namespace: String = Sha256::digest(bytes)
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let ext_authz = raw
             .ext_authz
             .map(|x| ExtAuthz::compile(x).map_err(|e| e.under("ext_authz")))
             .transpose()?
             .map(|mut x| {
-                let digest = Sha256::digest(bytes);
-                x.cache_namespace = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+                x.cache_namespace = namespace.clone();
                 x
             });
         let upstream_credentials = raw
@@ -154,6 +161,7 @@ impl FilterConfig {
             ));
         }
         Ok(FilterConfig {
+            namespace,
             jwt_authn,
             ext_authz,
             upstream_credentials,

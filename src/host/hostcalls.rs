@@ -3,7 +3,7 @@
 use crate::callout::{CalloutRequest, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Envoy's level for the `wasm` component, so disabled levels cost no hostcall.
 pub fn host_log_level() -> LogLevel {
@@ -136,5 +136,20 @@ impl SharedStore for SharedData {
         if let Err(status) = hostcalls::set_shared_data(key, Some(value), None) {
             log::debug!("ai_auth: cannot store shared data: {status:?}");
         }
+    }
+}
+
+pub fn set_tick_period(period: Duration) -> Result<(), Status> {
+    hostcalls::set_tick_period(period)
+}
+
+/// A shared-data value and its version (CAS).
+pub fn shared_data_with_cas(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
+    hostcalls::get_shared_data(key)
+}
+
+pub fn set_shared(key: &str, value: &[u8]) {
+    if let Err(status) = hostcalls::set_shared_data(key, Some(value), None) {
+        log::warn!("ai_auth: cannot store shared data {key}: {status:?}");
     }
 }

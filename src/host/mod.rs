@@ -7,6 +7,7 @@
 
 mod hostcalls;
 mod http;
+mod keys;
 mod root;
 mod stream;
 

@@ -3,9 +3,11 @@
 
 use super::hostcalls;
 use super::http::HttpFilter;
+use super::keys::{RemoteJwksHost, TICK};
 use super::stream::Pending;
 use crate::config::{FilterConfig, ProcessEnvironment};
 use crate::flow::WorkerState;
+use crate::jwks::Fetcher;
 use crate::stats::{self, Counter};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -25,6 +27,8 @@ pub struct Shared {
     pub callouts: RefCell<HashMap<u32, u32>>,
     /// Headers to add to a stream's response, by context id.
     pub response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
+    /// Remote JWKS fetching and sharing.
+    pub jwks: RemoteJwksHost,
 }
 
 impl Shared {
@@ -49,7 +53,20 @@ impl Root {
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// Replies to the JWKS fetches this root context sent.
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(shared) = &self.shared {
+            shared.jwks_reply(token_id, body_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -74,6 +91,11 @@ impl RootContext for Root {
             .map(|c| hostcalls::define_counter(&format!("{}.{}", stats::PREFIX, c.name())).ok())
             .collect();
         let state = RefCell::new(WorkerState::new(&config));
+        let fetcher = config
+            .jwt_authn
+            .as_ref()
+            .map(Fetcher::new)
+            .unwrap_or_default();
         log::info!(
             "ai_auth: configuration loaded (root context {})",
             self.context_id
@@ -85,13 +107,26 @@ impl RootContext for Root {
             pending: RefCell::new(HashMap::new()),
             callouts: RefCell::new(HashMap::new()),
             response_headers: RefCell::new(HashMap::new()),
+            jwks: RemoteJwksHost::new(fetcher),
         }));
+        if self.shared.as_ref().is_some_and(|s| s.has_remote_jwks()) {
+            if let Err(status) = hostcalls::set_tick_period(TICK) {
+                log::error!("ai_auth: cannot start the JWKS timer: {status:?}");
+                return false;
+            }
+        }
         true
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.as_ref().map(Rc::clone);
         Some(Box::new(HttpFilter::new(context_id, shared)))
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.jwks_tick();
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -79,6 +79,12 @@ impl Shared {
         for counter in &decision.counters {
             self.count(*counter);
         }
+        if !decision.jwks_refresh.is_empty() {
+            self.jwks
+                .refresh_wanted
+                .borrow_mut()
+                .extend(&decision.jwks_refresh);
+        }
         if !decision.log.is_empty() {
             log::debug!("#{context_id} {}", decision.log);
         }

@@ -20,11 +20,13 @@ use std::sync::Arc;
 pub struct CacheKey {
     hash: u64,
     provider: usize,
+    generation: u64,
 }
 
 #[derive(Debug)]
 struct Entry {
     provider: usize,
+    generation: u64,
     token: Box<str>,
     claims: Arc<Claims>,
 }
@@ -54,13 +56,14 @@ impl VerifiedCache {
     }
 
     /// The key for `token` under `provider`, or `None` when the token is not cacheable.
-    pub fn key(&self, provider: usize, token: &str) -> Option<CacheKey> {
+    pub fn key(&self, provider: usize, generation: u64, token: &str) -> Option<CacheKey> {
         if !self.is_enabled() || token.len() > self.max_token_size {
             return None;
         }
         Some(CacheKey {
-            hash: self.hasher.hash_one((provider, token)),
+            hash: self.hasher.hash_one((provider, generation, token)),
             provider,
+            generation,
         })
     }
 
@@ -68,7 +71,10 @@ impl VerifiedCache {
     /// validity window at `now`; stale entries are dropped.
     pub fn get(&mut self, key: &CacheKey, token: &str, now: u64, skew: u64) -> Option<Arc<Claims>> {
         let entry = self.entries.get(&key.hash)?;
-        if entry.provider != key.provider || *entry.token != *token {
+        if entry.provider != key.provider
+            || entry.generation != key.generation
+            || *entry.token != *token
+        {
             return None;
         }
         if entry
@@ -89,6 +95,7 @@ impl VerifiedCache {
         }
         let entry = Entry {
             provider: key.provider,
+            generation: key.generation,
             token: token.into(),
             claims,
         };
@@ -134,16 +141,17 @@ mod tests {
     #[test]
     fn keys_depend_on_provider_and_token() {
         let c = VerifiedCache::new(10, 100);
-        assert_ne!(c.key(0, "a"), c.key(1, "a"));
-        assert_ne!(c.key(0, "a"), c.key(0, "b"));
-        assert_eq!(c.key(0, &"x".repeat(101)), None);
-        assert_eq!(VerifiedCache::new(0, 100).key(0, "a"), None);
+        assert_ne!(c.key(0, 0, "a"), c.key(1, 0, "a"));
+        assert_ne!(c.key(0, 0, "a"), c.key(0, 0, "b"));
+        assert_ne!(c.key(0, 0, "a"), c.key(0, 1, "a"), "new keys, new entries");
+        assert_eq!(c.key(0, 0, &"x".repeat(101)), None);
+        assert_eq!(VerifiedCache::new(0, 100).key(0, 0, "a"), None);
     }
 
     #[test]
     fn a_hit_needs_the_same_token() {
         let mut c = VerifiedCache::new(10, 100);
-        let k = c.key(0, "t").unwrap();
+        let k = c.key(0, 0, "t").unwrap();
         c.insert(k, "t", claims(None));
         // Same slot, other token (as a hash collision would be): a miss.
         assert!(c.get(&k, "u", 0, 0).is_none());
@@ -153,7 +161,7 @@ mod tests {
     #[test]
     fn entries_expire_with_the_token() {
         let mut c = VerifiedCache::new(10, 100);
-        let k = c.key(0, "t").unwrap();
+        let k = c.key(0, 0, "t").unwrap();
         c.insert(k, "t", claims(Some(100)));
         assert!(c.get(&k, "t", 150, 60).is_some());
         assert!(c.get(&k, "t", 161, 60).is_none());
@@ -165,7 +173,7 @@ mod tests {
         let mut c = VerifiedCache::new(2, 100);
         let keys: Vec<_> = ["a", "b", "c"]
             .iter()
-            .map(|t| c.key(0, t).unwrap())
+            .map(|t| c.key(0, 0, t).unwrap())
             .collect();
         for (k, t) in keys.iter().zip(["a", "b", "c"]) {
             c.insert(*k, t, claims(None));

@@ -46,6 +46,7 @@ struct RawProvider {
     #[serde(default)]
     audiences: Vec<String>,
     local_jwks: Option<DataSource>,
+    remote_jwks: Option<RawRemoteJwks>,
     #[serde(default)]
     from_headers: Vec<RawJwtHeader>,
     #[serde(default)]
@@ -62,6 +63,28 @@ struct RawProvider {
     #[serde(default)]
     claim_to_headers: Vec<RawClaimToHeader>,
     forward_payload_header: Option<String>,
+}
+
+/// Envoy's `RemoteJwks`, plus `discovery`: `http_uri` is then the issuer's
+/// OIDC discovery document (as Keycloak publishes it) and the JWKS is fetched
+/// from its `jwks_uri`, through the same cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteJwks {
+    http_uri: RawHttpUri,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    cache_duration: Option<Duration>,
+    #[serde(default)]
+    discovery: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpUri {
+    uri: String,
+    cluster: String,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,12 +151,32 @@ pub enum Location {
     Cookie(String),
 }
 
+/// Where a provider's keys come from.
+#[derive(Debug)]
+pub enum ProviderKeys {
+    Local(Arc<KeySet>),
+    /// Fetched by the root context and shared by every worker VM.
+    Remote(RemoteJwks),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    /// `scheme://authority/path` split for the callout.
+    pub authority: String,
+    pub path: String,
+    pub cluster: String,
+    pub timeout: Duration,
+    /// How long fetched keys are used before they are fetched again (Envoy's default: 10 minutes).
+    pub cache_duration_secs: u64,
+    pub discovery: bool,
+}
+
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
     pub issuer: Option<String>,
     pub audiences: Vec<String>,
-    pub keys: Arc<KeySet>,
+    pub keys: ProviderKeys,
     pub locations: Vec<Location>,
     pub forward: bool,
     pub clock_skew: u64,
@@ -272,11 +315,28 @@ fn compile_provider(
             "an audience must not be empty",
         ));
     }
-    let jwks_source = p.local_jwks.ok_or_else(|| {
-        ConfigError::new("local_jwks", "a provider needs its keys: set local_jwks")
-    })?;
-    let jwks_text = jwks_source.read(env).map_err(|e| e.under("local_jwks"))?;
-    let loaded = parse_jwks(&jwks_text).map_err(|e| ConfigError::new("local_jwks", e))?;
+    let keys = match (p.local_jwks, p.remote_jwks) {
+        (Some(source), None) => {
+            let text = source.read(env).map_err(|e| e.under("local_jwks"))?;
+            let loaded = parse_jwks(&text).map_err(|e| ConfigError::new("local_jwks", e))?;
+            ProviderKeys::Local(Arc::new(loaded.keys))
+        }
+        (None, Some(remote)) => {
+            ProviderKeys::Remote(compile_remote(remote).map_err(|e| e.under("remote_jwks"))?)
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "remote_jwks",
+                "set either local_jwks or remote_jwks, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                "local_jwks",
+                "a provider needs its keys: set local_jwks or remote_jwks",
+            ))
+        }
+    };
 
     let mut locations = Vec::new();
     for (i, h) in p.from_headers.iter().enumerate() {
@@ -357,7 +417,7 @@ fn compile_provider(
         name: name.to_string(),
         issuer: p.issuer,
         audiences: p.audiences,
-        keys: Arc::new(loaded.keys),
+        keys,
         locations,
         forward: p.forward,
         clock_skew: p.clock_skew_seconds.unwrap_or(60),
@@ -365,6 +425,59 @@ fn compile_provider(
         max_lifetime,
         claim_to_headers,
         forward_payload_header,
+    })
+}
+
+/// Envoy's default `cache_duration` of a remote JWKS.
+const DEFAULT_JWKS_CACHE_SECS: u64 = 600;
+/// Envoy's `HttpUri` has no default timeout; a fetch must end.
+const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Splits `http(s)://authority/path` for a callout through `cluster`.
+pub fn split_uri(uri: &str) -> Option<(String, String)> {
+    let rest = uri
+        .strip_prefix("http://")
+        .or_else(|| uri.strip_prefix("https://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (rest.get(..i)?, rest.get(i..)?),
+        None => (rest, "/"),
+    };
+    (!authority.is_empty()).then(|| (authority.to_string(), path.to_string()))
+}
+
+fn compile_remote(raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
+    let (authority, path) = split_uri(&raw.http_uri.uri).ok_or_else(|| {
+        ConfigError::new(
+            "http_uri.uri",
+            "must be an http:// or https:// URI with a host",
+        )
+    })?;
+    if raw.http_uri.cluster.is_empty() {
+        return Err(ConfigError::new("http_uri.cluster", "must not be empty"));
+    }
+    let timeout = raw.http_uri.timeout.unwrap_or(DEFAULT_JWKS_TIMEOUT);
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            "http_uri.timeout",
+            "must be greater than 0",
+        ));
+    }
+    let cache_duration_secs = raw
+        .cache_duration
+        .map_or(DEFAULT_JWKS_CACHE_SECS, |d| d.as_secs());
+    if cache_duration_secs == 0 {
+        return Err(ConfigError::new(
+            "cache_duration",
+            "must be at least one second",
+        ));
+    }
+    Ok(RemoteJwks {
+        authority,
+        path,
+        cluster: raw.http_uri.cluster,
+        timeout,
+        cache_duration_secs,
+        discovery: raw.discovery,
     })
 }
 

@@ -87,6 +87,9 @@ impl Jwk {
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: Vec<Jwk>,
+    /// Which load this is (remote keys are reloaded); part of the
+    /// verified-token cache key.
+    generation: u64,
 }
 
 /// Tokens without a `kid` are tried against at most this many keys, so a
@@ -96,7 +99,19 @@ pub const MAX_KEYS_TRIED_WITHOUT_KID: usize = 4;
 
 impl KeySet {
     pub fn from_keys(keys: Vec<Jwk>) -> Self {
-        KeySet { keys }
+        KeySet {
+            keys,
+            generation: 0,
+        }
+    }
+
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn len(&self) -> usize {

@@ -17,8 +17,9 @@ use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::HeaderOp;
 use crate::stats::Counter;
 use cache::VerifiedCache;
-use config::{JwtAuthn, Location, Provider, Requirement, Rule};
+use config::{JwtAuthn, Location, Provider, ProviderKeys, Requirement, Rule};
 use error::JwtError;
+use keys::KeySet;
 use std::sync::Arc;
 use token::Claims;
 
@@ -39,6 +40,10 @@ pub struct JwtOutcome {
     pub counters: Vec<Counter>,
     /// Which rule applied, for the debug log.
     pub rule: Option<usize>,
+    /// Remote providers whose JWKS had no key for a token's `kid`: the root
+    /// context refetches them (rate-limited), so a rotation at the IdP is
+    /// picked up without waiting for `cache_duration`.
+    pub refresh: Vec<usize>,
 }
 
 /// The `realm` of `WWW-Authenticate`: configured, or the request URL without
@@ -66,17 +71,31 @@ fn is_cors_preflight(req: &RequestView) -> bool {
             .is_some_and(|m| !m.is_empty())
 }
 
+/// Keys of remote providers as this VM has them, indexed like the providers.
+pub type RemoteKeys = [Option<Arc<KeySet>>];
+
 pub fn authenticate(
     cfg: &JwtAuthn,
     req: &RequestView,
     now: u64,
     cache: &mut VerifiedCache,
 ) -> JwtOutcome {
+    authenticate_with(cfg, req, now, cache, &[])
+}
+
+pub fn authenticate_with(
+    cfg: &JwtAuthn,
+    req: &RequestView,
+    now: u64,
+    cache: &mut VerifiedCache,
+    remote: &RemoteKeys,
+) -> JwtOutcome {
     let mut outcome = JwtOutcome {
         result: Ok(Vec::new()),
         header_ops: Vec::new(),
         counters: Vec::new(),
         rule: None,
+        refresh: Vec::new(),
     };
     if cfg.bypass_cors_preflight && is_cors_preflight(req) {
         outcome.counters.push(Counter::JwtCorsPreflightBypassed);
@@ -96,13 +115,14 @@ pub fn authenticate(
         outcome.header_ops = claim_header_removals(cfg);
         return outcome;
     };
-    let mut eval = Evaluation::new(cfg, req, now, cache);
+    let mut eval = Evaluation::new(cfg, req, now, cache, remote);
     let mut result = eval.requirement(requirement);
     let identities: Vec<Identity> = eval.identities();
     if result.is_ok() {
         result = check_claim_rules(rule, &identities);
     }
     outcome.counters.append(&mut eval.counters);
+    outcome.refresh = std::mem::take(&mut eval.refresh);
     match result {
         Ok(()) => {
             outcome.counters.push(Counter::JwtAllowed);
@@ -165,9 +185,11 @@ struct Evaluation<'a> {
     req: &'a RequestView,
     now: u64,
     cache: &'a mut VerifiedCache,
+    remote: &'a RemoteKeys,
     found: Vec<Option<Result<Option<Found>, JwtError>>>,
     verified: Vec<Option<Result<Arc<Claims>, JwtError>>>,
     counters: Vec<Counter>,
+    refresh: Vec<usize>,
 }
 
 impl<'a> Evaluation<'a> {
@@ -176,6 +198,7 @@ impl<'a> Evaluation<'a> {
         req: &'a RequestView,
         now: u64,
         cache: &'a mut VerifiedCache,
+        remote: &'a RemoteKeys,
     ) -> Self {
         let n = cfg.providers.len();
         Evaluation {
@@ -183,9 +206,23 @@ impl<'a> Evaluation<'a> {
             req,
             now,
             cache,
+            remote,
             found: vec![None; n],
             verified: vec![None; n],
             counters: Vec::new(),
+            refresh: Vec::new(),
+        }
+    }
+
+    /// The provider's keys: its own, or what the root context fetched.
+    fn keys(&self, index: usize, provider: &'a Provider) -> Result<&'a KeySet, JwtError> {
+        match &provider.keys {
+            ProviderKeys::Local(keys) => Ok(keys),
+            ProviderKeys::Remote(_) => self
+                .remote
+                .get(index)
+                .and_then(Option::as_deref)
+                .ok_or(JwtError::KeysUnavailable),
         }
     }
 
@@ -292,7 +329,9 @@ impl<'a> Evaluation<'a> {
 
     fn verify_uncached(&mut self, index: usize, token: &str) -> Result<Arc<Claims>, JwtError> {
         let provider = self.provider(index)?;
-        let key = self.cache.key(index, token);
+        let keys = self.keys(index, provider)?;
+        // The generation keeps a token verified with rotated-away keys from hitting.
+        let key = self.cache.key(index, keys.generation(), token);
         if let Some(key) = &key {
             if let Some(claims) = self.cache.get(key, token, self.now, provider.clock_skew) {
                 self.counters.push(Counter::JwtCacheHit);
@@ -308,11 +347,13 @@ impl<'a> Evaluation<'a> {
             }
         }
         check_times(provider, &parsed.claims, self.now)?;
-        let mut candidates = provider
-            .keys
+        let mut candidates = keys
             .candidates(parsed.alg, parsed.kid.as_deref())
             .peekable();
         if candidates.peek().is_none() {
+            if matches!(provider.keys, ProviderKeys::Remote(_)) {
+                self.refresh.push(index);
+            }
             return Err(JwtError::UnknownKid);
         }
         let verified = candidates.any(|k| {

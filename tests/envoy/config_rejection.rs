@@ -74,6 +74,11 @@ fn invalid_configurations_are_refused_with_the_field_named() {
             json!({"jwt_authn": {"providers": {"idp": {"local_jwks": {"environment_variable": "IDP_JWKS"}}}, "rules": rule}}).to_string(),
             "field `jwt_authn.providers.idp.local_jwks.environment_variable`: environment variable `IDP_JWKS` is not set",
         ),
+        (
+            "remote JWKS without a URI scheme",
+            json!({"jwt_authn": {"providers": {"idp": {"remote_jwks": {"http_uri": {"uri": "idp/jwks", "cluster": "idp"}}}}, "rules": rule}}).to_string(),
+            "field `jwt_authn.providers.idp.remote_jwks.http_uri.uri`: must be an http:// or https:// URI with a host",
+        ),
         ("not JSON", "{jwt_authn".to_string(), "invalid configuration: field `<root>`: not valid JSON: key must be a string at line 1 column 2"),
     ];
     for (name, plugin, expected) in cases {

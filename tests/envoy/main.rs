@@ -11,6 +11,7 @@
 mod config_rejection;
 mod crypto_reference;
 mod ext_authz_http;
+mod jwks_remote;
 mod jwt_authn;
 mod layering;
 mod robustness;

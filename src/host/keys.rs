@@ -1,0 +1,162 @@
+//! Remote JWKS in the host: the root context of each VM sends the fetches
+//! `jwks::Fetcher` asks for, publishes a fetched JWKS in shared data, and
+//! loads whatever any VM published, so every worker VM uses the same keys.
+
+use super::hostcalls;
+use super::root::Shared;
+use crate::callout::CalloutResponse;
+use crate::jwks::{decode_shared, encode_shared, Fetched, Fetcher};
+use crate::jwt::keys::parse_jwks;
+use crate::stats::Counter;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often each VM's root looks for due fetches and published keys.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// The root context's remote-JWKS state.
+#[derive(Default)]
+pub struct RemoteJwksHost {
+    pub fetcher: RefCell<Fetcher>,
+    /// Callout token to the provider it fetches for.
+    calls: RefCell<HashMap<u32, usize>>,
+    /// The shared-data version last loaded, per provider.
+    seen: RefCell<HashMap<usize, u32>>,
+    /// Providers a request asked to refresh (unknown `kid`).
+    pub refresh_wanted: RefCell<Vec<usize>>,
+    generation: Cell<u64>,
+}
+
+impl RemoteJwksHost {
+    pub fn new(fetcher: Fetcher) -> Self {
+        RemoteJwksHost {
+            fetcher: RefCell::new(fetcher),
+            ..Default::default()
+        }
+    }
+}
+
+fn shared_key(namespace: &str, provider: usize) -> String {
+    format!("ai_auth.jwks.{namespace}.{provider}")
+}
+
+impl Shared {
+    pub fn has_remote_jwks(&self) -> bool {
+        !self.jwks.fetcher.borrow().is_empty()
+    }
+
+    /// Every tick: load keys another VM published, then send due fetches.
+    pub fn jwks_tick(&self) {
+        let now = hostcalls::now_secs();
+        self.load_published();
+        {
+            let mut fetcher = self.jwks.fetcher.borrow_mut();
+            for index in self.jwks.refresh_wanted.borrow_mut().drain(..) {
+                fetcher.want_refresh(index, now);
+            }
+        }
+        let due = self.jwks.fetcher.borrow_mut().due(now);
+        for (index, request) in due {
+            match hostcalls::dispatch(&request) {
+                Ok(token) => {
+                    self.jwks.calls.borrow_mut().insert(token, index);
+                }
+                Err(status) => {
+                    log::warn!("ai_auth: jwks fetch for provider {index}: cannot call cluster {}: {status:?}", request.cluster);
+                    self.count(Counter::JwksFetchFailed);
+                    self.jwks
+                        .fetcher
+                        .borrow_mut()
+                        .on_dispatch_failed(index, now);
+                }
+            }
+        }
+    }
+
+    fn load_published(&self) {
+        let providers: Vec<usize> = self.jwks.fetcher.borrow().remote_providers().collect();
+        for index in providers {
+            let Ok((Some(bytes), Some(cas))) =
+                hostcalls::shared_data_with_cas(&shared_key(&self.config.namespace, index))
+            else {
+                continue;
+            };
+            if self.jwks.seen.borrow().get(&index) == Some(&cas) {
+                continue;
+            }
+            self.jwks.seen.borrow_mut().insert(index, cas);
+            if let Some((expires_at, text)) = decode_shared(&bytes) {
+                if self.load(index, text) {
+                    self.jwks
+                        .fetcher
+                        .borrow_mut()
+                        .fetched_elsewhere(index, expires_at);
+                }
+            }
+        }
+    }
+
+    /// Parses and installs keys for this VM's requests.
+    fn load(&self, index: usize, text: &str) -> bool {
+        let Ok(loaded) = parse_jwks(text) else {
+            return false;
+        };
+        let generation = self.jwks.generation.get().wrapping_add(1);
+        self.jwks.generation.set(generation);
+        let keys = Arc::new(loaded.keys.with_generation(generation));
+        match self.state.try_borrow_mut() {
+            Ok(mut state) => {
+                if let Some(slot) = state.remote_keys.get_mut(index) {
+                    *slot = Some(keys);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A reply to a JWKS or discovery fetch; returns false if the token is not ours.
+    pub fn jwks_reply(&self, token: u32, body_size: usize) -> bool {
+        let Some(index) = self.jwks.calls.borrow_mut().remove(&token) else {
+            return false;
+        };
+        let reply = CalloutResponse::from_headers(
+            hostcalls::callout_response_headers(),
+            hostcalls::callout_response_body(body_size.min(crate::jwks::MAX_DOCUMENT_BYTES + 1)),
+        );
+        let now = hostcalls::now_secs();
+        let outcome = self.jwks.fetcher.borrow_mut().on_reply(index, &reply, now);
+        match outcome {
+            Fetched::Keys { jwks, expires_at } => {
+                self.count(Counter::JwksFetchSuccess);
+                let key = shared_key(&self.config.namespace, index);
+                hostcalls::set_shared(&key, &encode_shared(expires_at, &jwks));
+                if let Ok((_, Some(cas))) = hostcalls::shared_data_with_cas(&key) {
+                    self.jwks.seen.borrow_mut().insert(index, cas);
+                }
+                self.load(index, &jwks);
+                log::info!("ai_auth: jwks for provider {index} fetched");
+            }
+            Fetched::Next(request) => match hostcalls::dispatch(&request) {
+                Ok(next) => {
+                    self.jwks.calls.borrow_mut().insert(next, index);
+                }
+                Err(status) => {
+                    log::warn!("ai_auth: jwks fetch for provider {index}: cannot call cluster {}: {status:?}", request.cluster);
+                    self.count(Counter::JwksFetchFailed);
+                    self.jwks
+                        .fetcher
+                        .borrow_mut()
+                        .on_dispatch_failed(index, now);
+                }
+            },
+            Fetched::Failed(reason) => {
+                self.count(Counter::JwksFetchFailed);
+                log::warn!("ai_auth: jwks fetch for provider {index} failed: {reason}; keeping the keys held");
+            }
+        }
+        true
+    }
+}

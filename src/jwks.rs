@@ -1,0 +1,378 @@
+//! Remote JWKS: which fetches the root context makes, when, and what a
+//! reply means. Plain state over an injected clock; the host sends the
+//! callouts and shares the result with every worker VM through shared data.
+//!
+//! - First fetch at once; then again after `cache_duration`.
+//! - A failed fetch keeps the keys already held (stale while the IdP is
+//!   down) and is retried with backoff: 1 s, 2 s, 4 s ... at most 60 s.
+//! - A token whose `kid` is unknown asks for an early fetch, at most once per
+//!   30 s per provider, so a key rotation at the IdP is picked up at once
+//!   without letting forged `kid`s hammer it.
+//! - With `discovery`, the OIDC discovery document is fetched first and its
+//!   `jwks_uri` next, through the same cluster; its `issuer` must be the
+//!   provider's.
+
+use crate::callout::{CalloutRequest, CalloutResponse};
+use crate::jwt::config::{split_uri, JwtAuthn, ProviderKeys, RemoteJwks};
+use crate::jwt::keys::parse_jwks;
+use serde_json::Value;
+
+const MAX_BACKOFF_SECS: u64 = 60;
+const MIN_FORCED_INTERVAL_SECS: u64 = 30;
+/// Larger discovery documents or JWKS are refused.
+pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+
+/// What a pending fetch is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    Discovery,
+    Jwks,
+}
+
+#[derive(Debug)]
+struct Slot {
+    remote: RemoteJwks,
+    issuer: Option<String>,
+    next_attempt: u64,
+    failures: u32,
+    in_flight: Option<Stage>,
+    last_forced: Option<u64>,
+}
+
+/// The result of one reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// A valid JWKS, to use until `expires_at`.
+    Keys { jwks: String, expires_at: u64 },
+    /// Discovery answered: fetch the JWKS with this callout next.
+    Next(CalloutRequest),
+    /// Nothing usable; the reason is for the log (never document content).
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Fetcher {
+    /// One slot per provider index; `None` for providers with local keys.
+    slots: Vec<Option<Slot>>,
+}
+
+impl Fetcher {
+    pub fn new(cfg: &JwtAuthn) -> Self {
+        Fetcher {
+            slots: cfg
+                .providers
+                .iter()
+                .map(|p| match &p.keys {
+                    ProviderKeys::Remote(r) => Some(Slot {
+                        remote: r.clone(),
+                        issuer: p.issuer.clone(),
+                        next_attempt: 0,
+                        failures: 0,
+                        in_flight: None,
+                        last_forced: None,
+                    }),
+                    ProviderKeys::Local(_) => None,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// Providers with remote keys.
+    pub fn remote_providers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|_| i))
+    }
+
+    /// The fetches to send now; they count as in flight until their reply.
+    pub fn due(&mut self, now: u64) -> Vec<(usize, CalloutRequest)> {
+        let mut out = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            if slot.in_flight.is_some() || now < slot.next_attempt {
+                continue;
+            }
+            let stage = if slot.remote.discovery {
+                Stage::Discovery
+            } else {
+                Stage::Jwks
+            };
+            slot.in_flight = Some(stage);
+            out.push((
+                index,
+                get(&slot.remote, &slot.remote.authority, &slot.remote.path),
+            ));
+        }
+        out
+    }
+
+    /// Another VM stored keys valid until `expires_at`: no need to fetch before.
+    pub fn fetched_elsewhere(&mut self, index: usize, expires_at: u64) {
+        if let Some(Some(slot)) = self.slots.get_mut(index) {
+            if slot.in_flight.is_none() {
+                slot.next_attempt = slot.next_attempt.max(expires_at);
+                slot.failures = 0;
+            }
+        }
+    }
+
+    /// A token had a `kid` the keys lack: fetch soon, rate-limited.
+    pub fn want_refresh(&mut self, index: usize, now: u64) {
+        if let Some(Some(slot)) = self.slots.get_mut(index) {
+            let recently = slot
+                .last_forced
+                .is_some_and(|t| now.saturating_sub(t) < MIN_FORCED_INTERVAL_SECS);
+            if !recently {
+                slot.last_forced = Some(now);
+                slot.next_attempt = slot.next_attempt.min(now);
+            }
+        }
+    }
+
+    /// The reply to the fetch in flight for provider `index`.
+    pub fn on_reply(&mut self, index: usize, reply: &CalloutResponse, now: u64) -> Fetched {
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
+            return Fetched::Failed("not a remote provider".into());
+        };
+        let stage = slot.in_flight.take();
+        let result = match stage {
+            Some(Stage::Discovery) => discovery(slot, reply),
+            Some(Stage::Jwks) => jwks(slot, reply, now),
+            None => Err("no fetch was in flight".into()),
+        };
+        match result {
+            Ok(Fetched::Next(call)) => {
+                slot.in_flight = Some(Stage::Jwks);
+                Fetched::Next(call)
+            }
+            Ok(done) => {
+                slot.failures = 0;
+                slot.next_attempt = now.saturating_add(slot.remote.cache_duration_secs);
+                done
+            }
+            Err(reason) => {
+                slot.failures = slot.failures.saturating_add(1);
+                let backoff = 1u64
+                    .checked_shl(slot.failures.saturating_sub(1))
+                    .unwrap_or(MAX_BACKOFF_SECS)
+                    .min(MAX_BACKOFF_SECS);
+                slot.next_attempt = now.saturating_add(backoff);
+                Fetched::Failed(reason)
+            }
+        }
+    }
+
+    /// The fetch could not be sent at all.
+    pub fn on_dispatch_failed(&mut self, index: usize, now: u64) {
+        let _ = self.on_reply(index, &CalloutResponse::default(), now);
+    }
+}
+
+fn get(remote: &RemoteJwks, authority: &str, path: &str) -> CalloutRequest {
+    CalloutRequest {
+        cluster: remote.cluster.clone(),
+        headers: vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), path.into()),
+            (":authority".into(), authority.into()),
+            ("accept".into(), "application/json".into()),
+        ],
+        body: Vec::new(),
+        timeout: remote.timeout,
+    }
+}
+
+fn body_of(reply: &CalloutResponse, what: &str) -> Result<String, String> {
+    match reply.status {
+        None => return Err(format!("{what}: no response (timeout, reset or not HTTP)")),
+        Some(200) => {}
+        Some(s) => return Err(format!("{what}: status {s}")),
+    }
+    if reply.body.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!("{what}: larger than {MAX_DOCUMENT_BYTES} bytes"));
+    }
+    String::from_utf8(reply.body.clone()).map_err(|_| format!("{what}: not UTF-8"))
+}
+
+fn discovery(slot: &Slot, reply: &CalloutResponse) -> Result<Fetched, String> {
+    let text = body_of(reply, "discovery")?;
+    let doc: Value = serde_json::from_str(&text).map_err(|_| "discovery: not JSON".to_string())?;
+    if let Some(expected) = &slot.issuer {
+        if doc.get("issuer").and_then(Value::as_str) != Some(expected.as_str()) {
+            return Err("discovery: its issuer is not the provider's".into());
+        }
+    }
+    let uri = doc
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .ok_or("discovery: no jwks_uri")?;
+    let (authority, path) = split_uri(uri).ok_or("discovery: jwks_uri is not an http(s) URI")?;
+    Ok(Fetched::Next(get(&slot.remote, &authority, &path)))
+}
+
+fn jwks(slot: &Slot, reply: &CalloutResponse, now: u64) -> Result<Fetched, String> {
+    let text = body_of(reply, "jwks")?;
+    parse_jwks(&text).map_err(|e| format!("jwks: {e}"))?;
+    Ok(Fetched::Keys {
+        jwks: text,
+        expires_at: now.saturating_add(slot.remote.cache_duration_secs),
+    })
+}
+
+/// Shared-data form: expiry (u64 LE) then the JWKS text.
+pub fn encode_shared(expires_at: u64, jwks: &str) -> Vec<u8> {
+    let mut out = expires_at.to_le_bytes().to_vec();
+    out.extend_from_slice(jwks.as_bytes());
+    out
+}
+
+pub fn decode_shared(bytes: &[u8]) -> Option<(u64, &str)> {
+    let expires = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    Some((expires, std::str::from_utf8(bytes.get(8..)?).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FilterConfig;
+    use serde_json::json;
+
+    const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+    fn fetcher(remote: Value) -> Fetcher {
+        let cfg = json!({"jwt_authn": {
+            "providers": {
+                "idp": {"issuer": "https://idp/realms/ai", "remote_jwks": remote},
+                "z-local": {"local_jwks": {"inline_string": JWKS}}
+            },
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+        }});
+        let cfg = FilterConfig::from_json(cfg.to_string().as_bytes(), &|_: &str| None).unwrap();
+        Fetcher::new(cfg.jwt_authn.as_ref().unwrap())
+    }
+
+    fn ok(body: &str) -> CalloutResponse {
+        CalloutResponse {
+            status: Some(200),
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn path(call: &CalloutRequest) -> &str {
+        call.headers
+            .iter()
+            .find(|(k, _)| k == ":path")
+            .map(|(_, v)| v.as_str())
+            .unwrap()
+    }
+
+    #[test]
+    fn fetches_at_once_then_after_cache_duration() {
+        let mut f = fetcher(
+            json!({"http_uri": {"uri": "http://idp/certs", "cluster": "idp"}, "cache_duration": "300s"}),
+        );
+        assert_eq!(f.remote_providers().collect::<Vec<_>>(), [0]);
+        let due = f.due(100);
+        assert_eq!(due.len(), 1);
+        assert_eq!(path(&due[0].1), "/certs");
+        assert!(f.due(100).is_empty(), "in flight");
+        assert!(matches!(
+            f.on_reply(0, &ok(JWKS), 100),
+            Fetched::Keys {
+                expires_at: 400,
+                ..
+            }
+        ));
+        assert!(f.due(399).is_empty());
+        assert_eq!(f.due(400).len(), 1);
+    }
+
+    #[test]
+    fn failures_back_off_and_bad_documents_fail() {
+        let mut f = fetcher(json!({"http_uri": {"uri": "http://idp/certs", "cluster": "idp"}}));
+        f.due(0);
+        assert!(matches!(
+            f.on_reply(0, &CalloutResponse::default(), 0),
+            Fetched::Failed(_)
+        ));
+        assert!(f.due(0).is_empty());
+        assert_eq!(f.due(1).len(), 1);
+        assert!(matches!(
+            f.on_reply(0, &ok("{\"keys\": []}"), 1),
+            Fetched::Failed(_)
+        ));
+        assert!(f.due(2).is_empty(), "second failure waits 2 s");
+        assert_eq!(f.due(3).len(), 1);
+        let big = format!(
+            "{{\"keys\": [], \"pad\": \"{}\"}}",
+            "a".repeat(MAX_DOCUMENT_BYTES)
+        );
+        assert!(matches!(f.on_reply(0, &ok(&big), 3), Fetched::Failed(_)));
+    }
+
+    #[test]
+    fn discovery_then_jwks_and_issuer_must_match() {
+        let mut f = fetcher(
+            json!({"http_uri": {"uri": "http://idp/realms/ai/.well-known/openid-configuration", "cluster": "idp"}, "discovery": true}),
+        );
+        let due = f.due(0);
+        assert_eq!(
+            path(&due[0].1),
+            "/realms/ai/.well-known/openid-configuration"
+        );
+        let doc = json!({"issuer": "https://idp/realms/ai", "jwks_uri": "https://idp.example:8443/realms/ai/protocol/openid-connect/certs"});
+        let Fetched::Next(call) = f.on_reply(0, &ok(&doc.to_string()), 0) else {
+            panic!()
+        };
+        assert_eq!(path(&call), "/realms/ai/protocol/openid-connect/certs");
+        assert!(call
+            .headers
+            .contains(&(":authority".into(), "idp.example:8443".into())));
+        assert!(matches!(f.on_reply(0, &ok(JWKS), 0), Fetched::Keys { .. }));
+
+        let mut f = fetcher(
+            json!({"http_uri": {"uri": "http://idp/d", "cluster": "idp"}, "discovery": true}),
+        );
+        f.due(0);
+        let evil = json!({"issuer": "https://evil", "jwks_uri": "http://evil/certs"});
+        assert!(matches!(
+            f.on_reply(0, &ok(&evil.to_string()), 0),
+            Fetched::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn unknown_kid_refreshes_early_but_rate_limited() {
+        let mut f = fetcher(json!({"http_uri": {"uri": "http://idp/certs", "cluster": "idp"}}));
+        f.due(0);
+        f.on_reply(0, &ok(JWKS), 0);
+        f.want_refresh(0, 10);
+        assert_eq!(f.due(10).len(), 1);
+        f.on_reply(0, &ok(JWKS), 10);
+        f.want_refresh(0, 20);
+        assert!(f.due(20).is_empty(), "at most once per 30 s");
+        f.want_refresh(0, 41);
+        assert_eq!(f.due(41).len(), 1);
+    }
+
+    #[test]
+    fn keys_fetched_by_another_vm_defer_ours() {
+        let mut f = fetcher(json!({"http_uri": {"uri": "http://idp/certs", "cluster": "idp"}}));
+        f.fetched_elsewhere(0, 500);
+        assert!(f.due(499).is_empty());
+        assert_eq!(f.due(500).len(), 1);
+    }
+
+    #[test]
+    fn shared_form_round_trips() {
+        let bytes = encode_shared(42, JWKS);
+        assert_eq!(decode_shared(&bytes), Some((42, JWKS)));
+        assert_eq!(decode_shared(b"short"), None);
+    }
+}
