@@ -35,7 +35,7 @@ with_libs() {
 with_libs "$ENVOY_BIN" "$ctx/gateway/rootfs"
 install -m 0644 "$FILTER_WASM" "$ctx/gateway/rootfs/etc/envoy/ai_auth_filter.wasm"
 sed -e "s|{{BIND}}|0.0.0.0|g" -e "s|{{ADMIN_PORT}}|9900|g" -e "s|{{GATEWAY_PORT}}|10000|g" \
-    -e "s|{{FILTER_WASM}}|/etc/envoy/ai_auth_filter.wasm|g" -e "s|{{LLM_HOST}}|mock-llm|g" -e "s|{{LLM_PORT}}|9902|g" \
+    -e "s|{{FILTER_WASM}}|/etc/envoy/ai_auth_filter.wasm|g" -e "s|{{LLM_HOST}}|mock-llm|g" -e "s|{{IDP_HOST}}|idp|g" -e "s|{{IDP_PORT}}|9901|g" -e "s|{{LLM_PORT}}|9902|g" \
     envoy/envoy.yaml > "$ctx/gateway/rootfs/etc/envoy/envoy.yaml"
 cat > "$ctx/gateway/Dockerfile" <<'DOCKERFILE'
 FROM scratch
@@ -68,7 +68,10 @@ trap '"${compose[@]}" -p "$project" -f envoy/docker-compose.yaml down --timeout 
 gw="http://127.0.0.1:$GATEWAY_PORT"; idp="http://127.0.0.1:$IDP_PORT"
 for _ in $(seq 1 150); do
   code=$(curl -s -o /dev/null -w '%{http_code}' "$gw/v1/models" || true)
-  [ "$code" = 401 ] && curl -sf "$idp/token" >/dev/null 2>&1 && break
+  if [ "$code" = 401 ]; then
+    probe=$(curl -s "$idp/token?sub=probe" || true)
+    [ -n "$probe" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw/v1/models")" = 200 ] && break
+  fi
   sleep 0.2
 done
 failures=0

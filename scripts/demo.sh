@@ -43,7 +43,7 @@ target/release/mock-llm "$LLM_PORT" 2>"$work/llm.log" &
 pids+=($!)
 
 sed -e "s|{{BIND}}|127.0.0.1|g" -e "s|{{ADMIN_PORT}}|$ADMIN_PORT|g" -e "s|{{GATEWAY_PORT}}|$GATEWAY_PORT|g" \
-    -e "s|{{FILTER_WASM}}|$FILTER_WASM|g" -e "s|{{LLM_HOST}}|127.0.0.1|g" -e "s|{{LLM_PORT}}|$LLM_PORT|g" \
+    -e "s|{{FILTER_WASM}}|$FILTER_WASM|g" -e "s|{{LLM_HOST}}|127.0.0.1|g" -e "s|{{IDP_HOST}}|127.0.0.1|g" -e "s|{{IDP_PORT}}|$IDP_PORT|g" -e "s|{{LLM_PORT}}|$LLM_PORT|g" \
     envoy/envoy.yaml > "$work/envoy.yaml"
 
 if [ "$mode" = "--check" ]; then
@@ -71,6 +71,13 @@ fi
 
 gw="http://127.0.0.1:$GATEWAY_PORT"
 idp="http://127.0.0.1:$IDP_PORT"
+# The gateway fetches the IdP's keys (OIDC discovery, then JWKS) right after
+# it starts: wait until a fresh token is accepted.
+for _ in $(seq 1 100); do
+  probe=$(curl -s "$idp/token?sub=probe")
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw/v1/models")" = 200 ] && break
+  sleep 0.1
+done
 body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 cat <<MSG
 

@@ -24,7 +24,7 @@ validate() {
 }
 
 sed -e "s|{{BIND}}|127.0.0.1|g" -e "s|{{ADMIN_PORT}}|0|g" -e "s|{{GATEWAY_PORT}}|0|g" \
-    -e "s|{{FILTER_WASM}}|$FILTER_WASM|g" -e "s|{{LLM_HOST}}|127.0.0.1|g" -e "s|{{LLM_PORT}}|9902|g" \
+    -e "s|{{FILTER_WASM}}|$FILTER_WASM|g" -e "s|{{LLM_HOST}}|127.0.0.1|g" -e "s|{{IDP_HOST}}|127.0.0.1|g" -e "s|{{IDP_PORT}}|9901|g" -e "s|{{LLM_PORT}}|9902|g" \
     envoy/envoy.yaml > "$out/envoy.yaml"
 validate envoy/envoy.yaml "$out/envoy.yaml"
 
