@@ -149,18 +149,19 @@ pub fn on_request_headers(
         );
         flight.counters.extend(outcome.counters);
         flight.jwks_refresh = outcome.refresh;
-        let rule = outcome.rule.map_or("none".to_string(), |r| r.to_string());
+        let rule = || outcome.rule.map_or("none".to_string(), |r| r.to_string());
         match outcome.result {
             Err(e) => {
-                flight.note(|| format!("jwt_authn: denied rule={rule} reason={}", e.code()));
+                flight.note(|| format!("jwt_authn: denied rule={} reason={}", rule(), e.code()));
                 let reply = e.denial().to_reply(&jwt::realm(jwt_cfg, &flight.req));
                 return (flight.decision(Step::Reply(reply)), None);
             }
             Ok(identities) => {
-                let who: Vec<&str> = identities.iter().map(|i| i.provider.as_str()).collect();
                 flight.note(|| {
+                    let who: Vec<&str> = identities.iter().map(|i| i.provider.as_str()).collect();
                     format!(
-                        "jwt_authn: allowed rule={rule} providers=[{}]",
+                        "jwt_authn: allowed rule={} providers=[{}]",
+                        rule(),
                         who.join(",")
                     )
                 });
