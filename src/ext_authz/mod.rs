@@ -16,6 +16,8 @@ pub use config::ExtAuthz;
 
 /// Header Envoy's `ext_authz` adds when an auth-service error was let through.
 pub const FAILURE_MODE_ALLOWED_HEADER: &str = "x-envoy-auth-failure-mode-allowed";
+/// At most this much of a denial's body is read and sent to the client.
+pub const MAX_DENIED_BODY_BYTES: usize = 64 * 1024;
 /// Header telling the auth service whether the body it got was cut.
 pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 

@@ -220,7 +220,9 @@ impl Shared {
             headers.push((":status".to_string(), s.to_string()));
         }
         let body = if body_size > 0 && authz.is_some_and(|a| a.needs_reply_body(status)) {
-            hostcalls::callout_response_body(body_size)
+            // A denial's body goes to the client; a runaway one is cut (as
+            // Envoy's max_denied_response_body_bytes does).
+            hostcalls::callout_response_body(body_size.min(crate::ext_authz::MAX_DENIED_BODY_BYTES))
         } else {
             Vec::new()
         };

@@ -205,6 +205,20 @@ fn allow_and_deny_with_their_headers() {
     );
     assert_eq!(s.envoy.counter("ext_authz.denied"), 3);
     assert_eq!(s.envoy.counter("ext_authz.ok"), 3);
+
+    // A runaway denial: 200 KiB of body and 50 headers. The client gets the
+    // status and at most 64 KiB of the body; the filter keeps serving.
+    s.auth.set_handler(|_| Action::Respond {
+        status: 403,
+        headers: (0..50)
+            .map(|i| (format!("x-deny-reason-{i}"), "x".repeat(50)))
+            .collect(),
+        body: vec![b'z'; 200 * 1024],
+    });
+    let r = s.get("main", "/v1/models", &[]);
+    assert_eq!(r.status, 403);
+    assert!(r.body.len() <= 64 * 1024, "{} bytes", r.body.len());
+    assert_eq!(s.envoy.counter("ext_authz.denied"), 4);
     s.good_request_passes("main");
 }
 
