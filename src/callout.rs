@@ -55,20 +55,12 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8]);
 }
 
-/// A store that keeps nothing (caching off, or tests without one).
-pub struct NoStore;
-
-impl SharedStore for NoStore {
-    fn get(&self, _key: &str) -> Option<Vec<u8>> {
-        None
-    }
-    fn set(&self, _key: &str, _value: &[u8]) {}
-}
-
 /// An in-memory store for native tests.
+#[cfg(test)]
 #[derive(Default)]
 pub struct MemoryStore(pub std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>);
 
+#[cfg(test)]
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.0.borrow().get(key).cloned()

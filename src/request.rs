@@ -177,10 +177,6 @@ impl RequestView {
         }
     }
 
-    /// Content length when the client declared one.
-    pub fn content_length(&self) -> Option<u64> {
-        self.header("content-length")?.trim().parse().ok()
-    }
 }
 
 /// Rebuilds `path` with every query parameter named in `names` removed.
