@@ -176,7 +176,6 @@ impl RequestView {
             }
         }
     }
-
 }
 
 /// Rebuilds `path` with every query parameter named in `names` removed.

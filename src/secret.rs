@@ -33,7 +33,6 @@ impl Secret {
         }
         a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
-
 }
 
 impl fmt::Debug for Secret {
