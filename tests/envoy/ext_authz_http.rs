@@ -61,6 +61,10 @@ struct Setup {
 
 impl Setup {
     fn start(listeners: Vec<(&str, Value)>) -> Setup {
+        Self::start_with(listeners, 1)
+    }
+
+    fn start_with(listeners: Vec<(&str, Value)>, concurrency: u32) -> Setup {
         let auth = Server::start(|_| Action::status(200));
         let upstream = Server::echo();
         let ls = listeners
@@ -81,7 +85,11 @@ impl Setup {
                 bootstrap::cluster("dead_authz", dead_port()),
             ],
         );
-        let envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
+        let opts = ai_auth_testkit::envoy::Options {
+            concurrency,
+            ..Default::default()
+        };
+        let envoy = Envoy::start_with(&boot, &opts).unwrap_or_else(|e| panic!("{e}"));
         Setup {
             envoy,
             auth,
@@ -469,6 +477,45 @@ fn decision_cache_serves_repeats_and_never_caches_errors() {
         s.get("cached", "/v1/models", &[("x-api-key", "flaky")])
             .status,
         200
+    );
+}
+
+#[test]
+fn the_decision_cache_is_shared_by_the_worker_vms() {
+    let cache = json!({"decision_cache": {"key_headers": ["x-api-key"], "ttl": "60s"}});
+    let s = Setup::start_with(vec![("cached", authz("ext_authz", cache))], 2);
+    let port = s.envoy.port("cached");
+    // New connections until both workers have served some (Envoy's
+    // per-worker listener stats say which), each one a cacheable request.
+    let served_by = |worker: u32| -> u64 {
+        s.envoy
+            .stats()
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("listener.127.0.0.1_")
+                    && k.ends_with(&format!("worker_{worker}.downstream_cx_total"))
+            })
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    let mut sent = 0;
+    while (served_by(0) == 0 || served_by(1) == 0) && sent < 200 {
+        assert_eq!(
+            http::get(port, "/v1/models", &[("x-api-key", "shared")])
+                .unwrap()
+                .status,
+            200
+        );
+        sent += 1;
+    }
+    assert!(
+        served_by(0) > 0 && served_by(1) > 0,
+        "both workers must serve for this test ({sent} requests)"
+    );
+    assert_eq!(
+        s.auth.count(),
+        1,
+        "one decision for both workers: the cache is in shared data ({sent} requests)"
     );
 }
 
