@@ -23,6 +23,7 @@ use crate::config::FilterConfig;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
 use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
+use crate::jwt::error::JwtError;
 use crate::jwt::keys::KeySet;
 use crate::jwt::{self, cache::VerifiedCache, Identity};
 use crate::request::RequestView;
@@ -46,6 +47,9 @@ pub enum Step {
     },
     /// Hold the request, send this callout, then call [`on_callout_response`].
     Callout(CalloutRequest),
+    /// Hold the request until the remote keys it needs are loaded (or a
+    /// deadline passes), then call [`on_keys_loaded`].
+    WaitForKeys,
 }
 
 #[derive(Debug)]
@@ -129,6 +133,29 @@ pub fn on_request_headers(
     req: RequestView,
     now: u64,
 ) -> (Decision, Option<InFlight>) {
+    run(cfg, state, store, req, now, true)
+}
+
+/// The remote keys a held request waited for are loaded, or its wait is
+/// over: the stages run again, and this time missing keys are a 401.
+pub fn on_keys_loaded(
+    cfg: &FilterConfig,
+    state: &mut WorkerState,
+    store: &dyn SharedStore,
+    flight: InFlight,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    run(cfg, state, store, flight.req, now, false)
+}
+
+fn run(
+    cfg: &FilterConfig,
+    state: &mut WorkerState,
+    store: &dyn SharedStore,
+    req: RequestView,
+    now: u64,
+    may_wait_for_keys: bool,
+) -> (Decision, Option<InFlight>) {
     let mut flight = InFlight {
         req,
         ops: Vec::new(),
@@ -151,6 +178,13 @@ pub fn on_request_headers(
         flight.jwks_refresh = outcome.refresh;
         let rule = || outcome.rule.map_or("none".to_string(), |r| r.to_string());
         match outcome.result {
+            // Keys not fetched yet (just after start): hold the request
+            // rather than answer 401 to a token that may well be valid.
+            Err(JwtError::KeysUnavailable) if may_wait_for_keys => {
+                flight.counters.retain(|c| *c != Counter::JwtDenied);
+                flight.note(|| "jwt_authn: waiting for the remote keys".into());
+                return (flight.decision(Step::WaitForKeys), Some(flight));
+            }
             Err(e) => {
                 flight.note(|| format!("jwt_authn: denied rule={} reason={}", rule(), e.code()));
                 let reply = e.denial().to_reply(&jwt::realm(jwt_cfg, &flight.req));

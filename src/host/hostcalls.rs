@@ -153,3 +153,7 @@ pub fn set_shared(key: &str, value: &[u8]) {
         log::warn!("ai_auth: cannot store shared data {key}: {status:?}");
     }
 }
+
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    hostcalls::set_effective_context(context_id)
+}

@@ -47,10 +47,12 @@ impl Shared {
         !self.jwks.fetcher.borrow().is_empty()
     }
 
-    /// Every tick: load keys another VM published, then send due fetches.
+    /// Every tick: load keys another VM published, release requests waiting
+    /// for keys, then send due fetches.
     pub fn jwks_tick(&self) {
         let now = hostcalls::now_secs();
-        self.load_published();
+        let loaded = self.load_published();
+        self.release_waiting_for_keys(loaded, true);
         {
             let mut fetcher = self.jwks.fetcher.borrow_mut();
             for index in self.jwks.refresh_wanted.borrow_mut().drain(..) {
@@ -75,7 +77,9 @@ impl Shared {
         }
     }
 
-    fn load_published(&self) {
+    /// Returns whether any keys were loaded.
+    fn load_published(&self) -> bool {
+        let mut any = false;
         let providers: Vec<usize> = self.jwks.fetcher.borrow().remote_providers().collect();
         for index in providers {
             let Ok((Some(bytes), Some(cas))) =
@@ -89,6 +93,7 @@ impl Shared {
             self.jwks.seen.borrow_mut().insert(index, cas);
             if let Some((expires_at, text)) = decode_shared(&bytes) {
                 if self.load(index, text) {
+                    any = true;
                     self.jwks
                         .fetcher
                         .borrow_mut()
@@ -96,6 +101,7 @@ impl Shared {
                 }
             }
         }
+        any
     }
 
     /// Parses and installs keys for this VM's requests.
@@ -138,6 +144,7 @@ impl Shared {
                 }
                 self.load(index, &jwks);
                 log::info!("ai_auth: jwks for provider {index} fetched");
+                self.release_waiting_for_keys(true, false);
             }
             Fetched::Next(request) => match hostcalls::dispatch(&request) {
                 Ok(next) => {

@@ -8,9 +8,14 @@ use crate::flow::{self, Decision, InFlight, Step};
 use crate::response::{HeaderOp, LocalReply};
 use proxy_wasm::types::Action;
 
+/// How long a request may wait for remote keys, in root ticks (500 ms).
+const KEYS_WAIT_TICKS: u32 = 10;
+
 pub enum Waiting {
     /// The body, up to `max` bytes (body mode: the headers went on).
     Body { max: usize },
+    /// Remote keys, for at most this many more ticks.
+    Keys { ticks_left: u32 },
     /// The reply to callout `token`.
     Callout { token: u32 },
 }
@@ -26,7 +31,8 @@ pub struct Pending {
 pub enum Site {
     /// Inside the stream's own request callback: returning `Continue` resumes it.
     Callback,
-    /// In the callout reply: the paused request is resumed explicitly.
+    /// Anywhere else (a callout reply, the root context): act on the stream
+    /// by id and resume the paused request explicitly.
     Async,
 }
 
@@ -85,6 +91,11 @@ impl Shared {
                 .borrow_mut()
                 .extend(&decision.jwks_refresh);
         }
+        // From the root context the stream must be made the effective one;
+        // in the stream's own callbacks this changes nothing.
+        if site == Site::Async && hostcalls::set_effective_context(context_id).is_err() {
+            return Action::Pause; // the stream is gone
+        }
         if !decision.log.is_empty() {
             log::debug!("#{context_id} {}", decision.log);
         }
@@ -124,7 +135,27 @@ impl Shared {
                     },
                 );
                 // The headers go on; the body is held in on_http_request_body.
+                if site == Site::Async {
+                    if let Err(status) = hostcalls::resume_request() {
+                        log::warn!("#{context_id} ai_auth: cannot resume the request: {status:?}");
+                    }
+                }
                 Action::Continue
+            }
+            Step::WaitForKeys => {
+                let Some(flight) = flight else {
+                    return internal_error(context_id, "no state to wait for keys with");
+                };
+                self.pending.borrow_mut().insert(
+                    context_id,
+                    Pending {
+                        flight,
+                        waiting: Waiting::Keys {
+                            ticks_left: KEYS_WAIT_TICKS,
+                        },
+                    },
+                );
+                Action::Pause
             }
             Step::Callout(request) => {
                 let Some(flight) = flight else {
@@ -235,6 +266,44 @@ impl Shared {
             hostcalls::now_secs(),
         );
         self.perform(context_id, decision, None, Site::Async);
+    }
+
+    /// Streams waiting for keys: run again those whose keys are loaded
+    /// (`loaded`) or whose wait is over (every tick counts one down).
+    pub fn release_waiting_for_keys(&self, loaded: bool, tick: bool) {
+        let ready: Vec<u32> = {
+            let mut pending = self.pending.borrow_mut();
+            let mut ready = Vec::new();
+            for (id, p) in pending.iter_mut() {
+                if let Waiting::Keys { ticks_left } = &mut p.waiting {
+                    if tick {
+                        *ticks_left = ticks_left.saturating_sub(1);
+                    }
+                    if loaded || *ticks_left == 0 {
+                        ready.push(*id);
+                    }
+                }
+            }
+            ready
+        };
+        for context_id in ready {
+            let Some(pending) = self.pending.borrow_mut().remove(&context_id) else {
+                continue;
+            };
+            let result = match self.state.try_borrow_mut() {
+                Ok(mut state) => Some(flow::on_keys_loaded(
+                    &self.config,
+                    &mut state,
+                    &SharedData,
+                    pending.flight,
+                    self.clock(),
+                )),
+                Err(_) => None,
+            };
+            if let Some((decision, next)) = result {
+                self.perform(context_id, decision, next, Site::Async);
+            }
+        }
     }
 
     /// The stream ended: forget anything still waiting for it.

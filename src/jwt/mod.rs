@@ -329,9 +329,14 @@ impl<'a> Evaluation<'a> {
 
     fn verify_uncached(&mut self, index: usize, token: &str) -> Result<Arc<Claims>, JwtError> {
         let provider = self.provider(index)?;
-        let keys = self.keys(index, provider)?;
+        // Missing remote keys only matter once the token itself holds up:
+        // a malformed or expired token fails at once, keys or not.
+        let keys = self.keys(index, provider);
         // The generation keeps a token verified with rotated-away keys from hitting.
-        let key = self.cache.key(index, keys.generation(), token);
+        let key = keys
+            .as_ref()
+            .ok()
+            .and_then(|k| self.cache.key(index, k.generation(), token));
         if let Some(key) = &key {
             if let Some(claims) = self.cache.get(key, token, self.now, provider.clock_skew) {
                 self.counters.push(Counter::JwtCacheHit);
@@ -347,6 +352,7 @@ impl<'a> Evaluation<'a> {
             }
         }
         check_times(provider, &parsed.claims, self.now)?;
+        let keys = keys?;
         let mut candidates = keys
             .candidates(parsed.alg, parsed.kid.as_deref())
             .peekable();

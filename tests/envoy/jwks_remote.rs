@@ -180,6 +180,38 @@ fn keys_come_from_the_idp_directly_or_through_discovery() {
 }
 
 #[test]
+fn requests_before_the_first_fetch_wait_for_the_keys() {
+    let a = TestKey::rsa("key-a");
+    let idp = Idp::start(&[&a]);
+    let (envoy, _up) = start(
+        &idp,
+        vec![(
+            "main",
+            plugin(json!({"http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp"}})),
+        )],
+        1,
+    );
+    // Sent as soon as Envoy is ready, before the root context's first fetch:
+    // held, not refused.
+    let r = http::get(
+        envoy.port("main"),
+        "/",
+        &[("authorization", &bearer(&a.sign(&claims())))],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(envoy.counter("jwt_authn.denied"), 0);
+    // A token for no key of the provider still fails at once.
+    let r = http::get(
+        envoy.port("main"),
+        "/",
+        &[("authorization", "Bearer a.b.c")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+}
+
+#[test]
 fn a_rotated_key_is_picked_up_on_its_first_unknown_kid() {
     let a = TestKey::rsa("key-a");
     let b = TestKey::ed25519("key-b");
