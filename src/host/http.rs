@@ -36,7 +36,7 @@ impl Context for HttpFilter {
         _num_trailers: usize,
     ) {
         if let Some(shared) = &self.shared {
-            shared.callout_reply(token_id, body_size);
+            shared.callout_reply(token_id, body_size, Site::Async);
         }
     }
 

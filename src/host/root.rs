@@ -4,7 +4,7 @@
 use super::hostcalls;
 use super::http::HttpFilter;
 use super::keys::{RemoteJwksHost, TICK};
-use super::stream::Pending;
+use super::stream::{Pending, Site};
 use crate::config::{FilterConfig, ProcessEnvironment};
 use crate::flow::WorkerState;
 use crate::jwks::Fetcher;
@@ -63,7 +63,11 @@ impl Context for Root {
         _num_trailers: usize,
     ) {
         if let Some(shared) = &self.shared {
-            shared.jwks_reply(token_id, body_size);
+            // JWKS fetches, or passthrough checks of requests this root
+            // context released after they waited for keys.
+            if !shared.jwks_reply(token_id, body_size) {
+                shared.callout_reply(token_id, body_size, Site::Root);
+            }
         }
     }
 }

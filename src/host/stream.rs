@@ -31,9 +31,12 @@ pub struct Pending {
 pub enum Site {
     /// Inside the stream's own request callback: returning `Continue` resumes it.
     Callback,
-    /// Anywhere else (a callout reply, the root context): act on the stream
-    /// by id and resume the paused request explicitly.
+    /// In a callout reply delivered to the stream's own context: resume the
+    /// paused request explicitly.
     Async,
+    /// In the root context (keys loaded, or a reply to a call it sent): make
+    /// the stream the effective context first, then as `Async`.
+    Root,
 }
 
 fn apply(ops: &[HeaderOp]) -> Result<(), String> {
@@ -93,7 +96,7 @@ impl Shared {
         }
         // From the root context the stream must be made the effective one;
         // in the stream's own callbacks this changes nothing.
-        if site == Site::Async && hostcalls::set_effective_context(context_id).is_err() {
+        if site == Site::Root && hostcalls::set_effective_context(context_id).is_err() {
             return Action::Pause; // the stream is gone
         }
         if !decision.log.is_empty() {
@@ -112,7 +115,7 @@ impl Shared {
                         .borrow_mut()
                         .insert(context_id, decision.response_headers);
                 }
-                if site == Site::Async {
+                if site != Site::Callback {
                     if let Err(status) = hostcalls::resume_request() {
                         log::warn!("#{context_id} ai_auth: cannot resume the request: {status:?}");
                     }
@@ -135,7 +138,7 @@ impl Shared {
                     },
                 );
                 // The headers go on; the body is held in on_http_request_body.
-                if site == Site::Async {
+                if site != Site::Callback {
                     if let Err(status) = hostcalls::resume_request() {
                         log::warn!("#{context_id} ai_auth: cannot resume the request: {status:?}");
                     }
@@ -231,7 +234,7 @@ impl Shared {
     }
 
     /// A callout reply, whichever context it was delivered to.
-    pub fn callout_reply(&self, token: u32, body_size: usize) {
+    pub fn callout_reply(&self, token: u32, body_size: usize, site: Site) {
         let Some(context_id) = self.callouts.borrow_mut().remove(&token) else {
             return;
         };
@@ -265,7 +268,7 @@ impl Shared {
             reply,
             hostcalls::now_secs(),
         );
-        self.perform(context_id, decision, None, Site::Async);
+        self.perform(context_id, decision, None, site);
     }
 
     /// Streams waiting for keys: run again those whose keys are loaded
@@ -301,7 +304,7 @@ impl Shared {
                 Err(_) => None,
             };
             if let Some((decision, next)) = result {
-                self.perform(context_id, decision, next, Site::Async);
+                self.perform(context_id, decision, next, Site::Root);
             }
         }
     }

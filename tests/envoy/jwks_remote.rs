@@ -12,26 +12,35 @@ use std::time::{Duration, Instant};
 struct Idp {
     server: Server,
     jwks: Arc<Mutex<Option<Value>>>,
+    /// Delay before answering a JWKS request.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Idp {
     fn start(keys: &[&TestKey]) -> Idp {
         let jwks = Arc::new(Mutex::new(Some(jwks_of(keys))));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
         let served = Arc::clone(&jwks);
+        let slow = Arc::clone(&delay);
         let server = Server::start(move |r| match r.path.as_str() {
             "/realms/ai/.well-known/openid-configuration" => Action::json(
                 200,
                 &json!({"issuer": ISS, "jwks_uri": "http://idp.test/realms/ai/protocol/openid-connect/certs"}),
             ),
             "/realms/ai/protocol/openid-connect/certs" | "/jwks" => {
-                match served.lock().unwrap().clone() {
+                let answer = match served.lock().unwrap().clone() {
                     Some(doc) => Action::json(200, &doc),
                     None => Action::status(500),
-                }
+                };
+                Action::Delay(*slow.lock().unwrap(), Box::new(answer))
             }
             _ => Action::status(404),
         });
-        Idp { server, jwks }
+        Idp {
+            server,
+            jwks,
+            delay,
+        }
     }
 
     fn serve(&self, keys: &[&TestKey]) {
@@ -183,16 +192,20 @@ fn keys_come_from_the_idp_directly_or_through_discovery() {
 fn requests_before_the_first_fetch_wait_for_the_keys() {
     let a = TestKey::rsa("key-a");
     let idp = Idp::start(&[&a]);
-    let (envoy, _up) = start(
+    *idp.delay.lock().unwrap() = Duration::from_millis(3000);
+    let (mut envoy, _up) = start(
         &idp,
         vec![(
             "main",
-            plugin(json!({"http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp"}})),
+            plugin(
+                json!({"http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp", "timeout": "5s"}}),
+            ),
         )],
         1,
     );
-    // Sent as soon as Envoy is ready, before the root context's first fetch:
-    // held, not refused.
+    // Sent as soon as Envoy is ready, while the (slow) first fetch is in
+    // flight: held, not refused.
+    let t0 = Instant::now();
     let r = http::get(
         envoy.port("main"),
         "/",
@@ -200,6 +213,11 @@ fn requests_before_the_first_fetch_wait_for_the_keys() {
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "answered once the keys came: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(envoy.counter("jwt_authn.denied"), 0);
     // A token for no key of the provider still fails at once.
     let r = http::get(
@@ -209,6 +227,49 @@ fn requests_before_the_first_fetch_wait_for_the_keys() {
     )
     .unwrap();
     assert_eq!(r.status, 401);
+    let log = envoy.stop();
+    assert!(
+        log.contains("jwt_authn: waiting for the remote keys"),
+        "the first request must have been held"
+    );
+}
+
+#[test]
+fn a_held_request_goes_on_through_the_passthrough() {
+    // Released by the root context, the request still makes its
+    // passthrough call and resumes on the answer.
+    let a = TestKey::ed25519("key-a");
+    let idp = Idp::start(&[&a]);
+    // The IdP answers slowly: the request surely arrives before the keys.
+    *idp.delay.lock().unwrap() = Duration::from_millis(1500);
+    let auth = Server::start(|_| Action::status(200).with_header("x-user-id", "42"));
+    let upstream = Server::echo();
+    let mut p = plugin(json!({"http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp"}}));
+    p["ext_authz"] = json!({"http_service": {
+        "server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "1s"},
+        "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "x-user-id"}]}}}});
+    let boot = bootstrap::bootstrap(
+        vec![bootstrap::listener(
+            "main",
+            vec![bootstrap::wasm_filter(&p)],
+            vec![bootstrap::route_to("upstream")],
+        )],
+        vec![
+            bootstrap::cluster("upstream", upstream.port),
+            bootstrap::cluster("idp", idp.server.port),
+            bootstrap::cluster("authz", auth.port),
+        ],
+    );
+    let envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
+    let r = http::get(
+        envoy.port("main"),
+        "/",
+        &[("authorization", &bearer(&a.sign(&claims())))],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(auth.count(), 1);
+    assert_eq!(upstream.last().unwrap().header("x-user-id"), Some("42"));
 }
 
 #[test]
