@@ -20,6 +20,7 @@
 
 use crate::callout::{CalloutRequest, CalloutResponse, SharedStore};
 use crate::config::FilterConfig;
+use crate::credentials::oauth2::UpstreamToken;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
 use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
@@ -72,6 +73,8 @@ pub struct WorkerState {
     pub jwt_cache: VerifiedCache,
     /// Keys of remote providers, as the root context last loaded them.
     pub remote_keys: Vec<Option<Arc<KeySet>>>,
+    /// OAuth 2 tokens of upstream backends, as the root context last loaded them.
+    pub upstream_tokens: Vec<Option<Arc<UpstreamToken>>>,
 }
 
 impl WorkerState {
@@ -81,9 +84,14 @@ impl WorkerState {
             .as_ref()
             .map_or((0, 0), |j| (j.cache_size, j.max_cached_token_size));
         let providers = cfg.jwt_authn.as_ref().map_or(0, |j| j.providers.len());
+        let backends = cfg
+            .upstream_credentials
+            .as_ref()
+            .map_or(0, |c| c.backends.len());
         WorkerState {
             jwt_cache: VerifiedCache::new(size, max_token),
             remote_keys: vec![None; providers],
+            upstream_tokens: vec![None; backends],
         }
     }
 }
@@ -101,6 +109,9 @@ pub struct InFlight {
     /// The headers went on (body mode): no header edit is possible any more.
     headers_released: bool,
     jwks_refresh: Vec<usize>,
+    /// The upstream tokens as they were when the request came, and the clock.
+    tokens: Vec<Option<Arc<UpstreamToken>>>,
+    now: u64,
 }
 
 impl InFlight {
@@ -165,6 +176,8 @@ fn run(
         cache_key: None,
         headers_released: false,
         jwks_refresh: Vec::new(),
+        tokens: state.upstream_tokens.clone(),
+        now,
     };
     if let Some(jwt_cfg) = &cfg.jwt_authn {
         let outcome = jwt::authenticate_with(
@@ -242,6 +255,7 @@ pub fn on_request_body(
     now: u64,
 ) -> (Decision, Option<InFlight>) {
     let mut flight = flight;
+    flight.now = now;
     let Some(authz) = &cfg.ext_authz else {
         return (flight.decision(Step::Continue(Vec::new())), None);
     };
@@ -293,6 +307,7 @@ pub fn on_callout_response(
     reply: CalloutResponse,
     now: u64,
 ) -> Decision {
+    flight.now = now;
     let Some(authz) = &cfg.ext_authz else {
         return finish(cfg, &mut flight);
     };
@@ -365,7 +380,7 @@ fn apply_decision(
 fn finish(cfg: &FilterConfig, flight: &mut InFlight) -> Decision {
     let mut properties = Vec::new();
     if let Some(creds) = &cfg.upstream_credentials {
-        match creds.plan(&flight.req, &flight.identities) {
+        match creds.plan(&flight.req, &flight.identities, &flight.tokens, flight.now) {
             CredentialOutcome::Inject { ops, backend } => {
                 flight.counters.push(Counter::CredentialsInjected);
                 flight.note(|| format!("upstream_credentials: backend={backend}"));

@@ -24,10 +24,12 @@ pub enum Counter {
     ExtAuthzCacheMiss,
     JwksFetchSuccess,
     JwksFetchFailed,
+    TokenFetchSuccess,
+    TokenFetchFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -45,6 +47,8 @@ impl Counter {
         Counter::ExtAuthzCacheMiss,
         Counter::JwksFetchSuccess,
         Counter::JwksFetchFailed,
+        Counter::TokenFetchSuccess,
+        Counter::TokenFetchFailed,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -67,6 +71,8 @@ impl Counter {
             Counter::ExtAuthzCacheMiss => "ext_authz.decision_cache_miss",
             Counter::JwksFetchSuccess => "jwt_authn.jwks_fetch_success",
             Counter::JwksFetchFailed => "jwt_authn.jwks_fetch_failed",
+            Counter::TokenFetchSuccess => "upstream_credentials.token_fetch_success",
+            Counter::TokenFetchFailed => "upstream_credentials.token_fetch_failed",
         }
     }
 

@@ -3,14 +3,18 @@
 //! in their place.
 
 use crate::config::unique_map::UniqueMap;
+pub mod oauth2;
+
 use crate::config::{header_name, ConfigError, DataSource, Environment};
 use crate::jwt::Identity;
 use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::{is_valid_header_value, HeaderOp, LocalReply};
 use crate::route::{RawRouteMatch, RouteMatch};
 use crate::secret::Secret;
+use oauth2::{OAuth2, RawOAuth2, UpstreamToken};
 use serde::Deserialize;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Headers that carry a client credential for some provider or proxy.
 pub const CLIENT_CREDENTIAL_HEADERS: [&str; 5] = [
@@ -58,6 +62,8 @@ struct RawBackend {
     scheme: SchemeName,
     secret: Option<DataSource>,
     secret_by_claim: Option<RawSecretByClaim>,
+    /// An OAuth 2 client-credentials token (Azure Entra ID...) as the secret.
+    oauth2: Option<RawOAuth2>,
     /// For `header`: the header name; for `bearer`-like schemes it is `authorization`.
     header: Option<String>,
     /// For `header`: a prefix before the secret, e.g. `Token `.
@@ -115,6 +121,8 @@ enum Scheme {
 #[derive(Debug)]
 enum SecretSource {
     Fixed(Secret),
+    /// Fetched by the root context; the worker VM holds the current token.
+    OAuth2(OAuth2),
     ByClaim {
         claim: Vec<String>,
         secrets: Vec<(String, Secret)>,
@@ -308,9 +316,14 @@ fn compile_backend(
             "only for the `anthropic` scheme",
         ));
     }
-    let secret = match (b.secret, b.secret_by_claim) {
-        (Some(s), None) => SecretSource::Fixed(load_secret(s, env).map_err(|e| e.under("secret"))?),
-        (None, Some(by)) => {
+    let secret = match (b.secret, b.secret_by_claim, b.oauth2) {
+        (Some(s), None, None) => {
+            SecretSource::Fixed(load_secret(s, env).map_err(|e| e.under("secret"))?)
+        }
+        (None, None, Some(o)) => {
+            SecretSource::OAuth2(OAuth2::compile(o, env).map_err(|e| e.under("oauth2"))?)
+        }
+        (None, Some(by), None) => {
             if by.claim.is_empty() || by.claim.split('.').any(str::is_empty) {
                 return Err(ConfigError::new(
                     "secret_by_claim.claim",
@@ -342,7 +355,7 @@ fn compile_backend(
         _ => {
             return Err(ConfigError::new(
                 "",
-                "exactly one of secret, secret_by_claim must be set",
+                "exactly one of secret, secret_by_claim, oauth2 must be set",
             ))
         }
     };
@@ -395,11 +408,27 @@ impl UpstreamCredentials {
             .map(|r| &r.target)
     }
 
-    pub fn plan(&self, req: &RequestView, identities: &[Identity]) -> CredentialOutcome {
-        let backend = match self.select(req) {
+    /// The OAuth 2 configuration of each backend (`None` for static secrets),
+    /// for the root context's token fetcher.
+    pub fn oauth2_backends(&self) -> impl Iterator<Item = Option<OAuth2>> + '_ {
+        self.backends.iter().map(|b| match &b.secret {
+            SecretSource::OAuth2(o) => Some(o.clone()),
+            _ => None,
+        })
+    }
+
+    /// `tokens` are the worker's current OAuth 2 tokens, by backend index.
+    pub fn plan(
+        &self,
+        req: &RequestView,
+        identities: &[Identity],
+        tokens: &[Option<Arc<UpstreamToken>>],
+        now: u64,
+    ) -> CredentialOutcome {
+        let (backend_index, backend) = match self.select(req) {
             Some(Target::PassThrough) => return CredentialOutcome::PassThrough,
             Some(Target::Backend(i)) => match self.backends.get(*i) {
-                Some(b) => b,
+                Some(b) => (*i, b),
                 None => return deny("no upstream backend is configured for this route"),
             },
             None => {
@@ -411,6 +440,20 @@ impl UpstreamCredentials {
         };
         let secret = match &backend.secret {
             SecretSource::Fixed(s) => s,
+            SecretSource::OAuth2(_) => match tokens.get(backend_index).and_then(Option::as_ref) {
+                Some(t) if t.usable_at(now) => &t.access_token,
+                // Never a missing or expiring token: the client may retry.
+                _ => {
+                    return CredentialOutcome::Deny(
+                        LocalReply::json_error(
+                            503,
+                            "upstream_credential_unavailable",
+                            "the upstream credential is not available yet",
+                        )
+                        .with_header("retry-after", "1".into()),
+                    )
+                }
+            },
             SecretSource::ByClaim {
                 claim,
                 secrets,

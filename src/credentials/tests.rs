@@ -46,7 +46,7 @@ fn identity(claims: Value) -> Identity {
 
 /// Applies the plan to the request and returns what the provider would see.
 fn upstream_view(c: &UpstreamCredentials, r: &RequestView, ids: &[Identity]) -> RequestView {
-    match c.plan(r, ids) {
+    match c.plan(r, ids, &[], 0) {
         CredentialOutcome::Inject { ops, .. } => {
             let mut seen = r.clone();
             seen.apply(&ops);
@@ -151,10 +151,10 @@ fn anthropic_version_defaults_but_the_clients_is_kept() {
 fn pass_through_and_no_backend() {
     let c = all_schemes();
     assert_eq!(
-        c.plan(&req("/health", &[("authorization", "x")]), &[]),
+        c.plan(&req("/health", &[("authorization", "x")]), &[], &[], 0),
         CredentialOutcome::PassThrough
     );
-    match c.plan(&req("/elsewhere", &[]), &[]) {
+    match c.plan(&req("/elsewhere", &[]), &[], &[], 0) {
         CredentialOutcome::Deny(reply) => assert_eq!(reply.status, 403),
         other => panic!("{other:?}"),
     }
@@ -164,7 +164,7 @@ fn pass_through_and_no_backend() {
         "no_backend": "pass_through"
     }));
     assert_eq!(
-        open.plan(&req("/elsewhere", &[]), &[]),
+        open.plan(&req("/elsewhere", &[]), &[], &[], 0),
         CredentialOutcome::PassThrough
     );
 }
@@ -209,7 +209,7 @@ fn per_tenant_keys_by_claim() {
         upstream_view(&strict, &r, &[identity(json!({"org": {"id": 42}}))]).header("authorization"),
         Some("Bearer sk-42")
     );
-    match strict.plan(&r, &[identity(json!({"org": {"id": 7}}))]) {
+    match strict.plan(&r, &[identity(json!({"org": {"id": 7}}))], &[], 0) {
         CredentialOutcome::Deny(reply) => {
             assert_eq!(reply.status, 403);
             assert!(!String::from_utf8_lossy(&reply.body).contains("sk-"));
@@ -251,7 +251,7 @@ fn secrets_never_appear_in_debug_output() {
     ] {
         assert!(!printed.contains(secret), "{secret} in {printed}");
     }
-    let outcome = c.plan(&req("/openai/x", &[]), &[]);
+    let outcome = c.plan(&req("/openai/x", &[]), &[], &[], 0);
     assert!(!format!("{outcome:?}").contains("sk-openai-test"));
 }
 
@@ -285,4 +285,54 @@ fn configuration_errors_name_the_field() {
         assert_eq!(err.path, path, "{err}");
         assert!(!err.reason.contains("k\r\n"));
     }
+}
+
+#[test]
+fn oauth2_tokens_are_injected_while_usable_and_never_after() {
+    let c = compile(json!({
+        "backends": {"azure": {"scheme": "bearer", "oauth2": {
+            "token_uri": {"uri": "https://login.example/t/oauth2/v2.0/token", "cluster": "entra"},
+            "client_id": "id", "client_secret": {"environment_variable": "OPENAI_KEY"},
+            "scopes": ["https://cognitiveservices.azure.com/.default"]}}},
+        "routes": [{"backend": "azure"}]
+    }))
+    .unwrap();
+    assert_eq!(c.oauth2_backends().filter(Option::is_some).count(), 1);
+    let r = req(
+        "/openai/deployments/x",
+        &[("authorization", "Bearer client")],
+    );
+    let token = |expires_at| {
+        vec![Some(Arc::new(oauth2::UpstreamToken {
+            access_token: Secret::new("entra-token".into()),
+            expires_at,
+        }))]
+    };
+    match c.plan(&r, &[], &token(1000), 100) {
+        CredentialOutcome::Inject { ops, .. } => {
+            let mut seen = r.clone();
+            seen.apply(&ops);
+            assert_eq!(
+                seen.header_values("authorization").collect::<Vec<_>>(),
+                ["Bearer entra-token"]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for tokens in [vec![None], token(105)] {
+        match c.plan(&r, &[], &tokens, 100) {
+            CredentialOutcome::Deny(reply) => {
+                assert_eq!(reply.status, 503);
+                assert!(reply.headers.contains(&("retry-after".into(), "1".into())));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let err = compile(
+        json!({"backends": {"azure": {"scheme": "bearer", "oauth2": {
+        "token_uri": {"uri": "login", "cluster": "entra"}, "client_id": "id",
+        "client_secret": {"inline_string": "s"}}}}}),
+    )
+    .unwrap_err();
+    assert_eq!(err.path, "backends.azure.oauth2.token_uri.uri");
 }

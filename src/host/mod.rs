@@ -10,6 +10,7 @@ mod http;
 mod keys;
 mod root;
 mod stream;
+mod tokens;
 
 use proxy_wasm::types::LogLevel;
 

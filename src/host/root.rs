@@ -5,7 +5,9 @@ use super::hostcalls;
 use super::http::HttpFilter;
 use super::keys::{RemoteJwksHost, TICK};
 use super::stream::{Pending, Site};
+use super::tokens::TokensHost;
 use crate::config::{FilterConfig, ProcessEnvironment};
+use crate::credentials::oauth2::TokenFetcher;
 use crate::flow::WorkerState;
 use crate::jwks::Fetcher;
 use crate::stats::{self, Counter};
@@ -29,6 +31,8 @@ pub struct Shared {
     pub response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
     /// Remote JWKS fetching and sharing.
     pub jwks: RemoteJwksHost,
+    /// Upstream OAuth 2 token fetching and sharing.
+    pub tokens: TokensHost,
 }
 
 impl Shared {
@@ -65,7 +69,7 @@ impl Context for Root {
         if let Some(shared) = &self.shared {
             // JWKS fetches, or passthrough checks of requests this root
             // context released after they waited for keys.
-            if !shared.jwks_reply(token_id, body_size) {
+            if !shared.jwks_reply(token_id, body_size) && !shared.token_reply(token_id, body_size) {
                 shared.callout_reply(token_id, body_size, Site::Root);
             }
         }
@@ -100,6 +104,11 @@ impl RootContext for Root {
             .as_ref()
             .map(Fetcher::new)
             .unwrap_or_default();
+        let token_fetcher = config
+            .upstream_credentials
+            .as_ref()
+            .map(|c| TokenFetcher::new(c.oauth2_backends()))
+            .unwrap_or_default();
         log::info!(
             "ai_auth: configuration loaded (root context {})",
             self.context_id
@@ -112,8 +121,13 @@ impl RootContext for Root {
             callouts: RefCell::new(HashMap::new()),
             response_headers: RefCell::new(HashMap::new()),
             jwks: RemoteJwksHost::new(fetcher),
+            tokens: TokensHost::new(token_fetcher),
         }));
-        if self.shared.as_ref().is_some_and(|s| s.has_remote_jwks()) {
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.has_remote_jwks() || s.has_upstream_tokens())
+        {
             if let Err(status) = hostcalls::set_tick_period(TICK) {
                 log::error!("ai_auth: cannot start the JWKS timer: {status:?}");
                 return false;
@@ -130,6 +144,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             shared.jwks_tick();
+            shared.tokens_tick();
         }
     }
 

@@ -444,3 +444,121 @@ fn a_missing_environment_variable_refuses_the_configuration() {
     );
     assert!(!log.contains(OPENAI), "a secret reached the log");
 }
+
+#[test]
+fn oauth2_client_credentials_tokens_are_fetched_shared_and_injected() {
+    use ai_auth_testkit::http::Action;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const CLIENT_SECRET: &str = "entra-client-secret-7f3a";
+    let issued = Arc::new(AtomicUsize::new(0));
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (count, healthy) = (Arc::clone(&issued), Arc::clone(&up));
+    let entra = Server::start(move |r| {
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        let valid = r.method == "POST"
+            && r.path == "/tenant-1/oauth2/v2.0/token"
+            && body.contains("grant_type=client_credentials")
+            && body.contains("scope=https%3A%2F%2Fcognitiveservices.azure.com%2F.default")
+            && body.contains(&format!("client_secret={CLIENT_SECRET}"));
+        if !healthy.load(Ordering::SeqCst) {
+            return Action::status(503);
+        }
+        if !valid {
+            return Action::json(401, &json!({"error": "invalid_client"}));
+        }
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        Action::json(
+            200,
+            &json!({"access_token": format!("entra-token-{n}"), "token_type": "Bearer", "expires_in": 3600}),
+        )
+    });
+    let provider = Server::recorder();
+    let plugin = json!({"upstream_credentials": {
+        "backends": {"azure": {"scheme": "bearer", "oauth2": {
+            "token_uri": {"uri": "https://login.microsoftonline.com/tenant-1/oauth2/v2.0/token", "cluster": "entra", "timeout": "2s"},
+            "client_id": "gateway-app",
+            "client_secret": {"environment_variable": "ENTRA_CLIENT_SECRET"},
+            "scopes": ["https://cognitiveservices.azure.com/.default"]}}},
+        "routes": [{"backend": "azure"}]
+    }});
+    let filter =
+        bootstrap::wasm_filter_with_env(&plugin, &[("ENTRA_CLIENT_SECRET", CLIENT_SECRET)]);
+    let boot = bootstrap::bootstrap(
+        vec![bootstrap::listener(
+            "main",
+            vec![filter],
+            vec![bootstrap::route_to("upstream")],
+        )],
+        vec![
+            bootstrap::cluster("upstream", provider.port),
+            bootstrap::cluster("entra", entra.port),
+        ],
+    );
+    let opts = ai_auth_testkit::envoy::Options {
+        concurrency: 2,
+        ..Default::default()
+    };
+    let mut envoy = Envoy::start_with(&boot, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let port = envoy.port("main");
+    let mut responses = Vec::new();
+    // The token endpoint is down: no dead or missing token is ever sent.
+    let r = http::post_json(
+        port,
+        "/openai/deployments/gpt/chat/completions",
+        &[("authorization", "Bearer client")],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(provider.count(), 0);
+    responses.push(r);
+    up.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = http::post_json(
+            port,
+            "/openai/deployments/gpt/chat/completions",
+            &[("authorization", "Bearer client")],
+        );
+        let ok = r.status == 200;
+        responses.push(r);
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no token after the endpoint recovered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for _ in 0..20 {
+        let r = http::post_json(
+            port,
+            "/openai/deployments/gpt/chat/completions",
+            &[("authorization", "Bearer client")],
+        );
+        assert_eq!(r.status, 200);
+        let seen = provider.last().unwrap();
+        let auth = seen.headers_named("authorization");
+        assert_eq!(auth.len(), 1);
+        assert!(auth[0].starts_with("Bearer entra-token-"), "{auth:?}");
+        responses.push(r);
+    }
+    // One token for every VM: at most one request per VM at start-up (3 VMs).
+    assert!(
+        issued.load(Ordering::SeqCst) <= 3,
+        "{} tokens issued",
+        issued.load(Ordering::SeqCst)
+    );
+    assert!(envoy.counter("upstream_credentials.token_fetch_success") >= 1);
+    let log = envoy.stop();
+    for secret in [CLIENT_SECRET, "entra-token-1"] {
+        assert!(!log.contains(secret), "a secret reached Envoy's log");
+        for r in &responses {
+            assert!(
+                !format!("{:?} {}", r.headers, r.text()).contains(secret),
+                "a secret reached the client"
+            );
+        }
+    }
+}

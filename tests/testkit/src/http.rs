@@ -67,6 +67,20 @@ pub fn request(
     request_raw(port, &raw)
 }
 
+/// A chat-completion-shaped POST; panics if the gateway cannot be reached.
+pub fn post_json(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut all = headers.to_vec();
+    all.push(("content-type", "application/json"));
+    request(
+        port,
+        "POST",
+        path,
+        &all,
+        br#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
     request(port, "GET", path, headers, b"")
 }
