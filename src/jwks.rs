@@ -13,8 +13,9 @@
 //!   provider's.
 
 use crate::callout::{CalloutRequest, CalloutResponse};
-use crate::jwt::config::{split_uri, JwtAuthn, ProviderKeys, RemoteJwks};
+use crate::jwt::config::{JwtAuthn, ProviderKeys, RemoteJwks};
 use crate::jwt::keys::parse_jwks;
+use crate::vocab::split_uri;
 use serde_json::Value;
 
 const MAX_BACKOFF_SECS: u64 = 60;
@@ -105,7 +106,11 @@ impl Fetcher {
             slot.in_flight = Some(stage);
             out.push((
                 index,
-                get(&slot.remote, &slot.remote.authority, &slot.remote.path),
+                get(
+                    &slot.remote,
+                    &slot.remote.http_uri.authority,
+                    &slot.remote.http_uri.path,
+                ),
             ));
         }
         out
@@ -175,7 +180,7 @@ impl Fetcher {
 
 fn get(remote: &RemoteJwks, authority: &str, path: &str) -> CalloutRequest {
     CalloutRequest {
-        cluster: remote.cluster.clone(),
+        cluster: remote.http_uri.cluster.clone(),
         headers: vec![
             (":method".into(), "GET".into()),
             (":path".into(), path.into()),
@@ -183,7 +188,7 @@ fn get(remote: &RemoteJwks, authority: &str, path: &str) -> CalloutRequest {
             ("accept".into(), "application/json".into()),
         ],
         body: Vec::new(),
-        timeout: remote.timeout,
+        timeout: remote.http_uri.timeout,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod response;
 pub mod route;
 pub mod secret;
 pub mod stats;
+pub mod vocab;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

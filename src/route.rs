@@ -2,8 +2,8 @@
 //! every stage that chooses something per route (JWT rules, passthrough
 //! disable, upstream backend selection).
 
-use crate::config::ConfigError;
 use crate::request::RequestView;
+use crate::vocab::ConfigError;
 use regex_lite::Regex;
 use serde::Deserialize;
 

@@ -2,15 +2,15 @@
 //! all of them and for every provider, then the backend's credential is put
 //! in their place.
 
-use crate::config::unique_map::UniqueMap;
+use crate::vocab::unique_map::UniqueMap;
 pub mod oauth2;
 
-use crate::config::{header_name, ConfigError, DataSource, Environment};
 use crate::jwt::Identity;
 use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::{is_valid_header_value, HeaderOp, LocalReply};
 use crate::route::{RawRouteMatch, RouteMatch};
 use crate::secret::Secret;
+use crate::vocab::{header_name, ConfigError, DataSource, Environment};
 use oauth2::{OAuth2, RawOAuth2, UpstreamToken};
 use serde::Deserialize;
 use serde_json::Value;

@@ -9,10 +9,9 @@
 //! - Failures back off: 1 s, 2 s, 4 s ... at most 60 s.
 
 use crate::callout::{CalloutRequest, CalloutResponse};
-use crate::config::{ConfigError, DataSource, Environment};
-use crate::jwt::config::split_uri;
 use crate::response::is_valid_header_value;
 use crate::secret::Secret;
+use crate::vocab::{ConfigError, DataSource, Environment, HttpUri, RawHttpUri};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
@@ -38,18 +37,6 @@ pub struct RawOAuth2 {
     client_auth: ClientAuth,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttpUri {
-    uri: String,
-    cluster: String,
-    #[serde(
-        default,
-        deserialize_with = "crate::config::duration::deserialize_option"
-    )]
-    timeout: Option<Duration>,
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
@@ -60,10 +47,7 @@ pub enum ClientAuth {
 
 #[derive(Debug, Clone)]
 pub struct OAuth2 {
-    authority: String,
-    path: String,
-    cluster: String,
-    timeout: Duration,
+    token_uri: HttpUri,
     client_id: String,
     client_secret: Secret,
     scopes: Vec<String>,
@@ -72,15 +56,8 @@ pub struct OAuth2 {
 
 impl OAuth2 {
     pub fn compile(raw: RawOAuth2, env: &dyn Environment) -> Result<Self, ConfigError> {
-        let (authority, path) = split_uri(&raw.token_uri.uri).ok_or_else(|| {
-            ConfigError::new(
-                "token_uri.uri",
-                "must be an http:// or https:// URI with a host",
-            )
-        })?;
-        if raw.token_uri.cluster.is_empty() {
-            return Err(ConfigError::new("token_uri.cluster", "must not be empty"));
-        }
+        let token_uri =
+            HttpUri::compile(raw.token_uri, DEFAULT_TIMEOUT).map_err(|e| e.under("token_uri"))?;
         if raw.client_id.is_empty() {
             return Err(ConfigError::new("client_id", "must not be empty"));
         }
@@ -92,10 +69,7 @@ impl OAuth2 {
             return Err(ConfigError::new("client_secret", "the secret is empty"));
         }
         Ok(OAuth2 {
-            authority,
-            path,
-            cluster: raw.token_uri.cluster,
-            timeout: raw.token_uri.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            token_uri,
             client_id: raw.client_id,
             client_secret: Secret::new(secret),
             scopes: raw.scopes,
@@ -112,8 +86,8 @@ impl OAuth2 {
         }
         let mut headers = vec![
             (":method".to_string(), "POST".to_string()),
-            (":path".to_string(), self.path.clone()),
-            (":authority".to_string(), self.authority.clone()),
+            (":path".to_string(), self.token_uri.path.clone()),
+            (":authority".to_string(), self.token_uri.authority.clone()),
             (
                 "content-type".to_string(),
                 "application/x-www-form-urlencoded".to_string(),
@@ -142,10 +116,10 @@ impl OAuth2 {
             .collect::<Vec<_>>()
             .join("&");
         CalloutRequest {
-            cluster: self.cluster.clone(),
+            cluster: self.token_uri.cluster.clone(),
             headers,
             body: body.into_bytes(),
-            timeout: self.timeout,
+            timeout: self.token_uri.timeout,
         }
     }
 }

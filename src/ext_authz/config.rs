@@ -1,8 +1,8 @@
 //! The `ext_authz` section, named as Envoy's `ext_authz` with an `http_service`.
 
-use crate::config::{duration, header_name, ConfigError};
 use crate::response::is_valid_header_value;
 use crate::route::{RawRouteMatch, RawStringMatcher, RouteMatch, StringMatcher};
+use crate::vocab::{duration, header_name, ConfigError, HttpUri, RawHttpUri};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -38,16 +38,6 @@ struct RawHttpService {
     path_prefix: String,
     authorization_request: Option<RawAuthorizationRequest>,
     authorization_response: Option<RawAuthorizationResponse>,
-}
-
-/// Envoy's `HttpUri`: `uri` for the authority, `cluster` to send to, `timeout`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttpUri {
-    uri: String,
-    cluster: String,
-    #[serde(default, deserialize_with = "duration::deserialize_option")]
-    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,10 +160,9 @@ pub struct BodyPolicy {
 
 #[derive(Debug)]
 pub struct ExtAuthz {
-    pub cluster: String,
-    /// Host of `server_uri`, used as `:authority` when the request has none.
-    pub uri_authority: String,
-    pub timeout: Duration,
+    /// Where checks go; its authority is the `:authority` of a check for a
+    /// request that has none.
+    pub server_uri: HttpUri,
     pub path_prefix: String,
     pub allowed_headers: HeaderList,
     pub headers_to_add: Vec<(String, String)>,
@@ -197,27 +186,8 @@ pub struct ExtAuthz {
 impl ExtAuthz {
     pub fn compile(raw: RawExtAuthz) -> Result<Self, ConfigError> {
         let svc = raw.http_service;
-        if svc.server_uri.cluster.is_empty() {
-            return Err(ConfigError::new(
-                "http_service.server_uri.cluster",
-                "must not be empty",
-            ));
-        }
-        if !(svc.server_uri.uri.starts_with("http://")
-            || svc.server_uri.uri.starts_with("https://"))
-        {
-            return Err(ConfigError::new(
-                "http_service.server_uri.uri",
-                "must be an http:// or https:// URI",
-            ));
-        }
-        let timeout = svc.server_uri.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        if timeout.is_zero() {
-            return Err(ConfigError::new(
-                "http_service.server_uri.timeout",
-                "must be greater than 0",
-            ));
-        }
+        let server_uri = HttpUri::compile(svc.server_uri, DEFAULT_TIMEOUT)
+            .map_err(|e| e.under("http_service.server_uri"))?;
         if !svc.path_prefix.is_empty() && !svc.path_prefix.starts_with('/') {
             return Err(ConfigError::new(
                 "http_service.path_prefix",
@@ -340,24 +310,8 @@ impl ExtAuthz {
                 ));
             }
         }
-        let uri_authority = svc
-            .server_uri
-            .uri
-            .split("://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or_default()
-            .to_string();
-        if uri_authority.is_empty() {
-            return Err(ConfigError::new(
-                "http_service.server_uri.uri",
-                "has no host",
-            ));
-        }
         Ok(ExtAuthz {
-            uri_authority,
-            cluster: svc.server_uri.cluster,
-            timeout,
+            server_uri,
             path_prefix: svc.path_prefix,
             allowed_headers: HeaderList::compile(
                 req.allowed_headers,

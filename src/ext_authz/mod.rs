@@ -104,7 +104,7 @@ impl ExtAuthz {
             (
                 ":authority".to_string(),
                 if req.authority().is_empty() {
-                    self.uri_authority.clone()
+                    self.server_uri.authority.clone()
                 } else {
                     req.authority().to_string()
                 },
@@ -138,10 +138,10 @@ impl ExtAuthz {
             headers.push((k.clone(), v.clone()));
         }
         CalloutRequest {
-            cluster: self.cluster.clone(),
+            cluster: self.server_uri.cluster.clone(),
             headers,
             body,
-            timeout: self.timeout,
+            timeout: self.server_uri.timeout,
         }
     }
 

@@ -2,8 +2,8 @@
 //! `scope` contains `chat`...), and claim values turned into header values.
 
 use super::token::Claims;
-use crate::config::ConfigError;
 use crate::response::is_valid_header_value;
+use crate::vocab::ConfigError;
 use serde::Deserialize;
 use serde_json::Value;
 

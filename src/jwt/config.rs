@@ -3,10 +3,12 @@
 
 use super::claims::{ClaimRule, RawClaimRule};
 use super::keys::{parse_jwks, KeySet};
-use crate::config::unique_map::UniqueMap;
-use crate::config::{duration, header_name, ConfigError, DataSource, Environment};
 use crate::response::is_valid_header_value;
 use crate::route::{RawRouteMatch, RouteMatch};
+use crate::vocab::unique_map::UniqueMap;
+use crate::vocab::{
+    duration, header_name, ConfigError, DataSource, Environment, HttpUri, RawHttpUri,
+};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,15 +78,6 @@ struct RawRemoteJwks {
     cache_duration: Option<Duration>,
     #[serde(default)]
     discovery: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttpUri {
-    uri: String,
-    cluster: String,
-    #[serde(default, deserialize_with = "duration::deserialize_option")]
-    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,11 +154,8 @@ pub enum ProviderKeys {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteJwks {
-    /// `scheme://authority/path` split for the callout.
-    pub authority: String,
-    pub path: String,
-    pub cluster: String,
-    pub timeout: Duration,
+    /// The JWKS, or with `discovery` the discovery document.
+    pub http_uri: HttpUri,
     /// How long fetched keys are used before they are fetched again (Envoy's default: 10 minutes).
     pub cache_duration_secs: u64,
     pub discovery: bool,
@@ -433,35 +423,9 @@ const DEFAULT_JWKS_CACHE_SECS: u64 = 600;
 /// Envoy's `HttpUri` has no default timeout; a fetch must end.
 const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Splits `http(s)://authority/path` for a callout through `cluster`.
-pub fn split_uri(uri: &str) -> Option<(String, String)> {
-    let rest = uri
-        .strip_prefix("http://")
-        .or_else(|| uri.strip_prefix("https://"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (rest.get(..i)?, rest.get(i..)?),
-        None => (rest, "/"),
-    };
-    (!authority.is_empty()).then(|| (authority.to_string(), path.to_string()))
-}
-
 fn compile_remote(raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
-    let (authority, path) = split_uri(&raw.http_uri.uri).ok_or_else(|| {
-        ConfigError::new(
-            "http_uri.uri",
-            "must be an http:// or https:// URI with a host",
-        )
-    })?;
-    if raw.http_uri.cluster.is_empty() {
-        return Err(ConfigError::new("http_uri.cluster", "must not be empty"));
-    }
-    let timeout = raw.http_uri.timeout.unwrap_or(DEFAULT_JWKS_TIMEOUT);
-    if timeout.is_zero() {
-        return Err(ConfigError::new(
-            "http_uri.timeout",
-            "must be greater than 0",
-        ));
-    }
+    let http_uri =
+        HttpUri::compile(raw.http_uri, DEFAULT_JWKS_TIMEOUT).map_err(|e| e.under("http_uri"))?;
     let cache_duration_secs = raw
         .cache_duration
         .map_or(DEFAULT_JWKS_CACHE_SECS, |d| d.as_secs());
@@ -472,10 +436,7 @@ fn compile_remote(raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
         ));
     }
     Ok(RemoteJwks {
-        authority,
-        path,
-        cluster: raw.http_uri.cluster,
-        timeout,
+        http_uri,
         cache_duration_secs,
         discovery: raw.discovery,
     })

@@ -79,6 +79,30 @@ fn invalid_configurations_are_refused_with_the_field_named() {
             json!({"jwt_authn": {"providers": {"idp": {"remote_jwks": {"http_uri": {"uri": "idp/jwks", "cluster": "idp"}}}}, "rules": rule}}).to_string(),
             "field `jwt_authn.providers.idp.remote_jwks.http_uri.uri`: must be an http:// or https:// URI with a host",
         ),
+        // The host takes callout timeouts as u32 milliseconds: 4294967.297s would wrap to 1 ms.
+        (
+            "JWKS timeout beyond the host's range",
+            json!({"jwt_authn": {"providers": {"idp": {"remote_jwks": {"http_uri": {"uri": "http://idp/jwks", "cluster": "idp", "timeout": "4294967.297s"}}}}, "rules": rule}}).to_string(),
+            "field `jwt_authn.providers.idp.remote_jwks.http_uri.timeout`: 4294967.297s is longer than the host can represent",
+        ),
+        (
+            "auth service timeout beyond the host's range",
+            json!({"ext_authz": {"http_service": {"server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "4294967.296s"}}}}).to_string(),
+            "field `ext_authz.http_service.server_uri.timeout`: 4294967.296s is longer than the host can represent",
+        ),
+        (
+            "token endpoint timeout beyond the host's range",
+            json!({"upstream_credentials": {"backends": {"azure": {"scheme": "azure_api_key", "oauth2": {
+                "token_uri": {"uri": "http://login/token", "cluster": "entra", "timeout": 1e9},
+                "client_id": "c", "client_secret": {"inline_string": "s"}}}},
+                "routes": [{"match": {"prefix": "/"}, "backend": "azure"}]}}).to_string(),
+            "field `upstream_credentials.backends.azure.oauth2.token_uri.timeout`: 1000000000s is longer than the host can represent",
+        ),
+        (
+            "zero auth service timeout",
+            json!({"ext_authz": {"http_service": {"server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "0s"}}}}).to_string(),
+            "field `ext_authz.http_service.server_uri.timeout`: must be at least 1ms",
+        ),
         ("not JSON", "{jwt_authn".to_string(), "invalid configuration: field `<root>`: not valid JSON: key must be a string at line 1 column 2"),
     ];
     for (name, plugin, expected) in cases {
