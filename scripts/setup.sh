@@ -26,6 +26,14 @@ fi
 if ! .venv/bin/python -c "import yaml, cryptography" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check "PyYAML==6.0.2" "cryptography==48.0.0" >&2
 fi
+# The official LLM SDKs of tests/sdk/sdk_calls.py: what a client application
+# sees of the filter's errors, and the demo gateway driven end to end.
+OPENAI_SDK_VERSION=3.51.0
+ANTHROPIC_SDK_VERSION=2.10.0
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('openai') != '$OPENAI_SDK_VERSION' or m.version('anthropic') != '$ANTHROPIC_SDK_VERSION')" 2>/dev/null; then
+  echo "setup: installing openai==$OPENAI_SDK_VERSION anthropic==$ANTHROPIC_SDK_VERSION into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION" >&2
+fi
 
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 if [ -z "$envoy_bin" ] || [ ! -x "$envoy_bin" ]; then

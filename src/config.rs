@@ -10,6 +10,8 @@ use crate::credentials::{RawUpstreamCredentials, UpstreamCredentials};
 use crate::ext_authz::config::RawExtAuthz;
 use crate::ext_authz::ExtAuthz;
 use crate::jwt::config::{JwtAuthn, RawJwtAuthn};
+use crate::request::RequestView;
+use crate::response::ErrorFormat;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +21,9 @@ struct RawFilterConfig {
     jwt_authn: Option<RawJwtAuthn>,
     ext_authz: Option<RawExtAuthz>,
     upstream_credentials: Option<RawUpstreamCredentials>,
+    /// The shape of the filter's own error bodies, unless a rule or backend says otherwise.
+    #[serde(default)]
+    error_format: ErrorFormat,
 }
 
 /// The compiled configuration shared by every request of a VM.
@@ -30,6 +35,8 @@ pub struct FilterConfig {
     pub jwt_authn: Option<JwtAuthn>,
     pub ext_authz: Option<ExtAuthz>,
     pub upstream_credentials: Option<UpstreamCredentials>,
+    /// `error_format`: the shape of our error bodies where no rule or backend sets one.
+    pub error_format: ErrorFormat,
 }
 
 impl FilterConfig {
@@ -93,6 +100,7 @@ impl FilterConfig {
             jwt_authn,
             ext_authz,
             upstream_credentials,
+            error_format: raw.error_format,
         })
     }
 }
@@ -105,6 +113,23 @@ impl FilterConfig {
                 .ext_authz
                 .as_ref()
                 .is_some_and(|a| a.decision_cache.is_some())
+    }
+}
+
+impl FilterConfig {
+    /// The shape of our error bodies for this request: the `error_format` of
+    /// the JWT rule it matches, else of its upstream route, else of that
+    /// route's backend, else the global one. Only asked when replying.
+    pub fn error_format_for(&self, req: &RequestView) -> ErrorFormat {
+        self.jwt_authn
+            .as_ref()
+            .and_then(|j| j.error_format_for(req))
+            .or_else(|| {
+                self.upstream_credentials
+                    .as_ref()
+                    .and_then(|u| u.error_format_for(req))
+            })
+            .unwrap_or(self.error_format)
     }
 }
 
@@ -140,6 +165,87 @@ mod tests {
         .unwrap_err();
         assert!(err.path.starts_with("jwt_authn.providers.p"), "{err}");
         assert!(err.reason.contains("unknown field `isuer`"), "{err}");
+    }
+
+    const HS256_JWKS: &str = r#"{"keys": [{"kty": "oct", "alg": "HS256", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}"#;
+
+    /// A JWT rule per API, and upstream routes and backends with their own
+    /// error shapes, to see which one each denial gets.
+    fn formats_config(global: Option<&str>) -> FilterConfig {
+        let mut v = serde_json::json!({
+            "jwt_authn": {
+                "providers": {"idp": {"issuer": "i", "local_jwks": {"inline_string": HS256_JWKS}}},
+                "rules": [
+                    {"match": {"prefix": "/oauth/"}, "requires": {"provider_name": "idp"}, "error_format": "oauth2"},
+                    {"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}
+                ]
+            },
+            "upstream_credentials": {
+                "backends": {
+                    "openai": {"scheme": "openai", "secret": {"inline_string": "sk-o"}},
+                    "anthropic": {"scheme": "anthropic", "secret": {"inline_string": "sk-a"}, "error_format": "anthropic"}
+                },
+                "routes": [
+                    {"match": {"prefix": "/v1/messages"}, "backend": "anthropic"},
+                    {"match": {"prefix": "/claude/oauth"}, "backend": "anthropic", "error_format": "oauth2"},
+                    {"match": {"prefix": "/"}, "backend": "openai"}
+                ]
+            }
+        });
+        if let Some(g) = global {
+            v["error_format"] = serde_json::json!(g);
+        }
+        FilterConfig::from_json(v.to_string().as_bytes(), &no_env).unwrap()
+    }
+
+    fn denial_body(cfg: &FilterConfig, path: &str) -> serde_json::Value {
+        let req = RequestView::new(vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), path.into()),
+        ]);
+        let mut state = crate::flow::WorkerState::new(cfg);
+        let store = crate::callout::MemoryStore::default();
+        let (d, _) = crate::flow::on_request_headers(cfg, &mut state, &store, req, 0);
+        match d.step {
+            crate::flow::Step::Reply(r) => {
+                assert_eq!(r.status, 401, "{path}");
+                serde_json::from_slice(&r.body).unwrap()
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_format_comes_from_the_rule_then_route_then_backend_then_global() {
+        let cfg = formats_config(None);
+        let openai = denial_body(&cfg, "/v1/chat/completions");
+        assert_eq!(openai["error"]["code"], "missing_token", "{openai}");
+        assert_eq!(openai["error"]["message"], "Jwt is missing");
+        let anthropic = denial_body(&cfg, "/v1/messages");
+        assert_eq!(anthropic["type"], "error", "{anthropic}");
+        assert_eq!(anthropic["error"]["type"], "authentication_error");
+        assert_eq!(anthropic["error"]["message"], "Jwt is missing");
+        // The JWT rule's format wins over the route's backend.
+        let rule = denial_body(&cfg, "/oauth/x");
+        assert_eq!(rule["error"], "missing_token", "{rule}");
+        // The route's own format wins over its backend's.
+        let route = denial_body(&cfg, "/claude/oauth");
+        assert_eq!(route["error_description"], "Jwt is missing", "{route}");
+        // The global format where nothing more specific is set.
+        let cfg = formats_config(Some("anthropic"));
+        assert_eq!(denial_body(&cfg, "/v1/chat/completions")["type"], "error");
+        assert_eq!(denial_body(&cfg, "/oauth/x")["error"], "missing_token");
+    }
+
+    #[test]
+    fn unknown_error_format_is_named() {
+        let err = FilterConfig::from_json(
+            br#"{"error_format": "openai_v2", "ext_authz": {}}"#,
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "error_format", "{err}");
+        assert!(err.reason.contains("openai_v2"), "{err}");
     }
 
     #[test]

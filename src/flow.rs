@@ -123,7 +123,16 @@ impl InFlight {
         }
     }
 
-    fn decision(&mut self, step: Step) -> Decision {
+    /// The decision to hand to the host. A reply of ours gets its body in
+    /// the request's `error_format` here, the one place every stage's
+    /// denials pass through.
+    fn decision(&mut self, cfg: &FilterConfig, step: Step) -> Decision {
+        let step = match step {
+            Step::Reply(reply) if reply.error.is_some() => {
+                Step::Reply(reply.in_format(cfg.error_format_for(&self.req)))
+            }
+            other => other,
+        };
         Decision {
             step,
             counters: std::mem::take(&mut self.counters),
@@ -196,12 +205,12 @@ fn run(
             Err(JwtError::KeysUnavailable) if may_wait_for_keys => {
                 flight.counters.retain(|c| *c != Counter::JwtDenied);
                 flight.note(|| "jwt_authn: waiting for the remote keys".into());
-                return (flight.decision(Step::WaitForKeys), Some(flight));
+                return (flight.decision(cfg, Step::WaitForKeys), Some(flight));
             }
             Err(e) => {
                 flight.note(|| format!("jwt_authn: denied rule={} reason={}", rule(), e.code()));
                 let reply = e.denial().to_reply(&jwt::realm(jwt_cfg, &flight.req));
-                return (flight.decision(Step::Reply(reply)), None);
+                return (flight.decision(cfg, Step::Reply(reply)), None);
             }
             Ok(identities) => {
                 flight.note(|| {
@@ -257,7 +266,7 @@ pub fn on_request_body(
     let mut flight = flight;
     flight.now = now;
     let Some(authz) = &cfg.ext_authz else {
-        return (flight.decision(Step::Continue(Vec::new())), None);
+        return (flight.decision(cfg, Step::Continue(Vec::new())), None);
     };
     let allow_partial = authz
         .with_request_body
@@ -270,7 +279,7 @@ pub fn on_request_body(
             "payload_too_large",
             "the request body is larger than the auth check accepts",
         );
-        return (flight.decision(Step::Reply(reply)), None);
+        return (flight.decision(cfg, Step::Reply(reply)), None);
     }
     ask_auth_service(cfg, authz, store, flight, Some((body, truncated)), now)
 }
@@ -296,7 +305,7 @@ fn ask_auth_service(
         flight.cache_key = Some(key);
     }
     let request = authz.check_request(&flight.req, &flight.identities, body);
-    (flight.decision(Step::Callout(request)), Some(flight))
+    (flight.decision(cfg, Step::Callout(request)), Some(flight))
 }
 
 /// The auth service's reply (or its absence: `status: None`).
@@ -351,7 +360,7 @@ fn apply_decision(
     match authz.resolve(decision, &flight.req, &mut flight.counters) {
         Verdict::Denied(reply) => {
             flight.note(|| format!("ext_authz: {}", reply.details));
-            flight.decision(Step::Reply(reply))
+            flight.decision(cfg, Step::Reply(reply))
         }
         Verdict::Allowed {
             ops,
@@ -361,7 +370,7 @@ fn apply_decision(
             if flight.headers_released {
                 // Body mode: the edits were made before the headers went on
                 // (the configuration refuses what could only be done now).
-                let mut d = flight.decision(Step::Continue(Vec::new()));
+                let mut d = flight.decision(cfg, Step::Continue(Vec::new()));
                 d.response_headers = client_headers;
                 return d;
             }
@@ -394,12 +403,12 @@ fn finish(cfg: &FilterConfig, flight: &mut InFlight) -> Decision {
             CredentialOutcome::Deny(reply) => {
                 flight.counters.push(Counter::CredentialsDenied);
                 flight.note(|| format!("upstream_credentials: denied ({})", reply.details));
-                return flight.decision(Step::Reply(reply));
+                return flight.decision(cfg, Step::Reply(reply));
             }
         }
     }
     let ops = std::mem::take(&mut flight.ops);
-    let mut d = flight.decision(Step::Continue(ops));
+    let mut d = flight.decision(cfg, Step::Continue(ops));
     d.properties = properties;
     d
 }

@@ -7,7 +7,7 @@ pub mod oauth2;
 
 use crate::jwt::Identity;
 use crate::request::{cookie_header_without, path_without_params, RequestView};
-use crate::response::{is_valid_header_value, HeaderOp, LocalReply};
+use crate::response::{is_valid_header_value, ErrorFormat, HeaderOp, LocalReply};
 use crate::route::{RawRouteMatch, RouteMatch};
 use crate::secret::Secret;
 use crate::vocab::{header_name, ConfigError, DataSource, Environment};
@@ -70,6 +70,8 @@ struct RawBackend {
     prefix: Option<String>,
     /// For `anthropic`: sent when the client sent no `anthropic-version`.
     anthropic_version: Option<String>,
+    /// The shape of error bodies for requests routed to this backend.
+    error_format: Option<ErrorFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -110,6 +112,8 @@ struct RawRoute {
     backend: Option<String>,
     #[serde(default)]
     pass_through: bool,
+    /// The shape of error bodies for requests this route matches.
+    error_format: Option<ErrorFormat>,
 }
 
 #[derive(Debug)]
@@ -135,6 +139,7 @@ pub struct Backend {
     pub name: String,
     scheme: Scheme,
     secret: SecretSource,
+    error_format: Option<ErrorFormat>,
 }
 
 #[derive(Debug)]
@@ -149,6 +154,7 @@ struct Route {
     cluster: Option<String>,
     route_name: Option<String>,
     target: Target,
+    error_format: Option<ErrorFormat>,
 }
 
 #[derive(Debug)]
@@ -228,6 +234,7 @@ impl UpstreamCredentials {
                 cluster: r.cluster,
                 route_name: r.route_name,
                 target,
+                error_format: r.error_format,
             });
         }
         let mut strip_headers: Vec<String> = CLIENT_CREDENTIAL_HEADERS
@@ -363,6 +370,7 @@ fn compile_backend(
         name: name.to_string(),
         scheme,
         secret,
+        error_format: b.error_format,
     })
 }
 
@@ -393,19 +401,29 @@ fn claim_text(value: &Value) -> Option<String> {
 }
 
 impl UpstreamCredentials {
+    /// The `error_format` of the route this request matches, else of its backend.
+    pub fn error_format_for(&self, req: &RequestView) -> Option<ErrorFormat> {
+        let route = self.route_for(req)?;
+        route.error_format.or_else(|| match route.target {
+            Target::Backend(i) => self.backends.get(i).and_then(|b| b.error_format),
+            Target::PassThrough => None,
+        })
+    }
+
     fn select(&self, req: &RequestView) -> Option<&Target> {
-        self.routes
-            .iter()
-            .find(|r| {
-                r.route.as_ref().is_none_or(|m| m.matches(req))
-                    && r.cluster
-                        .as_deref()
-                        .is_none_or(|c| req.cluster() == Some(c))
-                    && r.route_name
-                        .as_deref()
-                        .is_none_or(|n| req.route_name() == Some(n))
-            })
-            .map(|r| &r.target)
+        self.route_for(req).map(|r| &r.target)
+    }
+
+    fn route_for(&self, req: &RequestView) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            r.route.as_ref().is_none_or(|m| m.matches(req))
+                && r.cluster
+                    .as_deref()
+                    .is_none_or(|c| req.cluster() == Some(c))
+                && r.route_name
+                    .as_deref()
+                    .is_none_or(|n| req.route_name() == Some(n))
+        })
     }
 
     /// The OAuth 2 configuration of each backend (`None` for static secrets),

@@ -74,6 +74,36 @@ impl ErrorKind {
     }
 }
 
+/// The auth service's denial as it sent it. When it sent a 4xx without a body, the
+/// client gets one of ours instead (in the request's error format), so an
+/// SDK has a reason to show; the service's headers go with either (but
+/// `content-type` then describes our body).
+fn denial(status: u16, headers: &[(String, String)], body: &[u8]) -> LocalReply {
+    let details = format!("ext_authz_denied_{status}");
+    if body.is_empty() && (400..500).contains(&status) {
+        let mut reply = LocalReply::json_error(
+            status,
+            "access_denied",
+            "the authorization service denied the request",
+        );
+        reply.headers.extend(
+            headers
+                .iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+                .cloned(),
+        );
+        reply.details = details;
+        return reply;
+    }
+    LocalReply {
+        status,
+        headers: headers.to_vec(),
+        body: body.to_vec(),
+        error: None,
+        details,
+    }
+}
+
 /// The stage's answer once `failure_mode_allow` has been applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -228,12 +258,7 @@ impl ExtAuthz {
                 body,
             } => {
                 counters.push(Counter::ExtAuthzDenied);
-                Verdict::Denied(LocalReply {
-                    status: *status,
-                    headers: headers.clone(),
-                    body: body.clone(),
-                    details: format!("ext_authz_denied_{status}"),
-                })
+                Verdict::Denied(denial(*status, headers, body))
             }
             AuthDecision::Error(kind) => {
                 counters.push(Counter::ExtAuthzError);
@@ -248,12 +273,13 @@ impl ExtAuthz {
                         client_headers: Vec::new(),
                     }
                 } else {
-                    Verdict::Denied(LocalReply {
-                        status: self.status_on_error,
-                        headers: Vec::new(),
-                        body: Vec::new(),
-                        details: format!("ext_authz_error: {}", kind.describe()),
-                    })
+                    let mut reply = LocalReply::json_error(
+                        self.status_on_error,
+                        "authorization_unavailable",
+                        "the authorization service did not give a usable answer",
+                    );
+                    reply.details = format!("ext_authz_error: {}", kind.describe());
+                    Verdict::Denied(reply)
                 }
             }
         }

@@ -172,7 +172,8 @@ fn errors_allow_only_through_failure_mode_allow() {
     match v {
         Verdict::Denied(r) => {
             assert_eq!(r.status, 503);
-            assert!(r.body.is_empty());
+            // Our error (the client's SDK shows it), not the service's.
+            assert_eq!(r.error.unwrap().code, "authorization_unavailable");
         }
         other => panic!("{other:?}"),
     }
@@ -403,4 +404,33 @@ fn configuration_errors_name_the_field() {
         bad(base(json!({"status_on_error": {"code": 99}}))).path,
         "ext_authz.status_on_error"
     );
+}
+
+#[test]
+fn a_denial_keeps_the_services_body_and_an_empty_one_gets_ours() {
+    let cfg = config(base(json!({})));
+    let authz = cfg.ext_authz.as_ref().unwrap();
+    let resolve =
+        |r: CalloutResponse| match authz.resolve(&authz.decide(&r), &req(&[]), &mut Vec::new()) {
+            Verdict::Denied(reply) => reply,
+            other => panic!("{other:?}"),
+        };
+    let own = resolve(reply(
+        403,
+        &[("www-authenticate", "Basic")],
+        r#"{"error": "quota"}"#,
+    ));
+    assert_eq!(own.body, br#"{"error": "quota"}"#);
+    assert_eq!(own.error, None, "the service's body is sent as it came");
+    let empty = resolve(reply(401, &[("www-authenticate", "Basic")], ""));
+    assert_eq!(empty.status, 401);
+    assert_eq!(empty.error.unwrap().code, "access_denied");
+    assert_eq!(header(&empty.headers, "www-authenticate"), Some("Basic"));
+    assert_eq!(
+        header(&empty.headers, "content-type"),
+        Some("application/json")
+    );
+    // A redirect without a body stays as the service sent it.
+    let redirect = resolve(reply(302, &[("location", "/login")], ""));
+    assert!(redirect.body.is_empty() && redirect.error.is_none());
 }

@@ -3,7 +3,8 @@
 
 use super::claims::{ClaimRule, RawClaimRule};
 use super::keys::{parse_jwks, KeySet};
-use crate::response::is_valid_header_value;
+use crate::request::RequestView;
+use crate::response::{is_valid_header_value, ErrorFormat};
 use crate::route::{RawRouteMatch, RouteMatch};
 use crate::vocab::unique_map::UniqueMap;
 use crate::vocab::{
@@ -102,6 +103,8 @@ struct RawRule {
     requires: Option<RawRequirement>,
     #[serde(default)]
     claim_rules: Vec<RawClaimRule>,
+    /// The shape of error bodies for requests this rule matches.
+    error_format: Option<ErrorFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +202,7 @@ pub struct Rule {
     /// `None`: the route needs no JWT.
     pub requirement: Option<Requirement>,
     pub claim_rules: Vec<ClaimRule>,
+    pub error_format: Option<ErrorFormat>,
 }
 
 #[derive(Debug)]
@@ -254,6 +258,7 @@ impl JwtAuthn {
                 route,
                 requirement,
                 claim_rules,
+                error_format: r.error_format,
             });
         }
         if rules.is_empty() {
@@ -279,6 +284,14 @@ impl JwtAuthn {
             max_token_size,
             realm: raw.www_authenticate_realm,
         })
+    }
+
+    /// The `error_format` of the rule this request matches, if it sets one.
+    pub fn error_format_for(&self, req: &RequestView) -> Option<ErrorFormat> {
+        self.rules
+            .iter()
+            .find(|r| r.route.matches(req))
+            .and_then(|r| r.error_format)
     }
 
     pub fn provider_index(&self, name: &str) -> Option<usize> {

@@ -633,6 +633,9 @@ fn denial_replies_follow_rfc_6750() {
     assert_eq!(realm(&cfg, &r), "https://gw.example/v1/chat");
     let reply = JwtError::Missing.denial().to_reply(&realm(&cfg, &r));
     assert_eq!(reply.status, 401);
-    let body: Value = serde_json::from_slice(&reply.body).unwrap();
-    assert_eq!(body["error_description"], "Jwt is missing");
+    let error = reply.error.unwrap();
+    assert_eq!(
+        (error.code.as_str(), error.description.as_str()),
+        ("missing_token", "Jwt is missing")
+    );
 }

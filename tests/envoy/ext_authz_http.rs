@@ -191,6 +191,7 @@ fn allow_and_deny_with_their_headers() {
         ),
         (403, "x-deny-reason", "quota", "{\"error\":\"over quota\"}"),
         (302, "location", "https://login.example/", ""),
+        (403, "x-deny-reason", "no body", ""),
     ] {
         s.auth.set_handler(move |_| Action::Respond {
             status,
@@ -204,14 +205,20 @@ fn allow_and_deny_with_their_headers() {
         assert_eq!(r.status, status);
         assert_eq!(r.header(header), Some(value), "{status}");
         assert_eq!(r.header("x-internal-debug"), None, "{status}");
-        assert_eq!(r.text(), body, "{status}");
+        if status == 403 && body.is_empty() {
+            // A 4xx without a body gets ours, so the client's SDK has a reason to show.
+            assert_eq!(error_of(&r).0, "access_denied", "{}", r.text());
+            assert_eq!(r.header("content-type"), Some("application/json"));
+        } else {
+            assert_eq!(r.text(), body, "{status}");
+        }
     }
     assert_eq!(
         s.upstream.count(),
         before,
         "a denied request never reaches the upstream"
     );
-    assert_eq!(s.envoy.counter("ext_authz.denied"), 3);
+    assert_eq!(s.envoy.counter("ext_authz.denied"), 4);
     assert_eq!(s.envoy.counter("ext_authz.ok"), 3);
 
     // A runaway denial: 200 KiB of body and 50 headers. The client gets the
@@ -226,7 +233,7 @@ fn allow_and_deny_with_their_headers() {
     let r = s.get("main", "/v1/models", &[]);
     assert_eq!(r.status, 403);
     assert!(r.body.len() <= 64 * 1024, "{} bytes", r.body.len());
-    assert_eq!(s.envoy.counter("ext_authz.denied"), 4);
+    assert_eq!(s.envoy.counter("ext_authz.denied"), 5);
     s.good_request_passes("main");
 }
 
@@ -277,9 +284,11 @@ fn failures_under_failure_mode_allow_false_and_true() {
         s.auth.set_handler(move |_| a.clone());
         let r = s.get("closed", "/v1/models", &[("x-user-id", "mallory")]);
         assert_eq!(r.status, 403, "{name}, fail closed: {}", r.text());
-        assert!(
-            r.body.is_empty(),
-            "{name}: status_on_error has an empty body"
+        assert_eq!(
+            error_of(&r).0,
+            "authorization_unavailable",
+            "{name}: status_on_error carries our error body: {}",
+            r.text()
         );
         let r = s.get("closed_503", "/v1/models", &[]);
         assert_eq!(r.status, 503, "{name}: status_on_error 503");

@@ -304,7 +304,7 @@ fn a_rotated_key_is_picked_up_on_its_first_unknown_kid() {
         "the new kid is unknown until the refetch"
     );
     assert_eq!(
-        first.json()["error_description"],
+        error_of(&first).1,
         "Jwks has no key matching the Jwt kid and alg"
     );
     eventually(
@@ -342,7 +342,7 @@ fn keys_are_kept_while_the_idp_fails_and_fetched_once_it_is_back() {
         || http::get(port, "/", &[("authorization", &token)]).unwrap(),
         401,
     );
-    assert_eq!(r.json()["error_description"], "Jwks is not available");
+    assert_eq!(error_of(&r).1, "Jwks is not available");
     idp.serve(&[&a]);
     eventually(
         Duration::from_secs(10),

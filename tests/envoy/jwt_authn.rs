@@ -202,8 +202,7 @@ fn tokens_against_the_real_envoy() {
             );
             assert_eq!(seen.header("x-roles"), Some("llm-user"), "{}", case.name);
         } else {
-            let body = r.json();
-            assert_eq!(body["error_description"], case.description, "{}", case.name);
+            assert_eq!(error_of(&r).1, case.description, "{}", case.name);
             let challenge = r
                 .header("www-authenticate")
                 .unwrap_or_else(|| panic!("{}: no WWW-Authenticate", case.name));
@@ -222,7 +221,7 @@ fn tokens_against_the_real_envoy() {
                 "{}: {challenge}",
                 case.name
             );
-            assert_eq!(body["error"], expected_error, "{}", case.name);
+            assert_eq!(error_of(&r).0, expected_error, "{}", case.name);
         }
     }
     // Stats, named as jwt_authn's.
@@ -246,7 +245,7 @@ fn missing_token_and_public_routes() {
         !challenge.contains("error="),
         "RFC 6750 3.1: no error code without credentials: {challenge}"
     );
-    assert_eq!(r.json()["error_description"], "Jwt is missing");
+    assert_eq!(error_of(&r).1, "Jwt is missing");
     assert_eq!(gw.upstream.count(), 0);
     let r = gw.get("/health", &[("x-user", "mallory")]);
     assert_eq!(r.status, 200);
@@ -306,7 +305,7 @@ fn envoy_test_common_vectors() {
         let r = gw.get("/envoy-vectors/x", &[("x-envoy-jwt", &bearer(token))]);
         assert_eq!(r.status, expected.0, "{name}: {}", r.text());
         if !expected.1.is_empty() {
-            assert_eq!(r.json()["error_description"], expected.1, "{name}");
+            assert_eq!(error_of(&r).1, expected.1, "{name}");
         }
         checked += 1;
     }

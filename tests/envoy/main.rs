@@ -10,6 +10,7 @@
 )]
 mod config_rejection;
 mod crypto_reference;
+mod error_format;
 mod ext_authz_http;
 mod jwks_remote;
 mod jwt_authn;

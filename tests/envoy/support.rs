@@ -74,6 +74,17 @@ impl Gateway {
     }
 }
 
+/// The `error.code` and `error.message` of one of the filter's error
+/// bodies in the default (OpenAI) shape.
+pub fn error_of(r: &Response) -> (String, String) {
+    let body = r.json();
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        text(&body["error"]["code"]),
+        text(&body["error"]["message"]),
+    )
+}
+
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }

@@ -6,3 +6,4 @@ pub mod envoy;
 pub mod http;
 pub mod keys;
 pub mod loadgen;
+pub mod sdk;
