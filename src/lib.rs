@@ -2,7 +2,7 @@
 //! proxy-wasm HTTP filter.
 //!
 //! Request flow:
-//! 1. The host adapter ([`host`], the only code that uses the proxy-wasm SDK)
+//! 1. The host adapter ([`host`], the only code that names the proxy-wasm ABI)
 //!    snapshots the request headers into a [`request::RequestView`].
 //! 2. [`flow::on_request_headers`] runs the stages in order with the compiled
 //!    [`config::FilterConfig`], the clock and the worker's caches:
@@ -30,3 +30,8 @@ pub mod vocab;
 
 #[cfg(target_arch = "wasm32")]
 mod host;
+
+/// The host adapter's wire formats are plain bytes: tested natively.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+#[path = "host/pairs.rs"]
+mod host_pairs;

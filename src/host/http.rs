@@ -1,13 +1,12 @@
 //! One HTTP stream: snapshot the headers, run the core, and hand anything
 //! asynchronous to the shared continuation logic in `stream`.
 
+use super::abi::Action;
 use super::hostcalls::{self, SharedData};
 use super::root::Shared;
 use super::stream::{internal_error, Site};
 use crate::flow;
 use crate::request::RequestView;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
 use std::rc::Rc;
 
 pub struct HttpFilter {
@@ -27,9 +26,13 @@ impl HttpFilter {
     }
 }
 
-impl Context for HttpFilter {
-    fn on_http_call_response(
-        &mut self,
+/// The stream callbacks, dispatched by `exports`; they take `&self` so a
+/// host calling back into a stream cannot find it borrowed.
+impl HttpFilter {
+    /// Replies delivered to the stream itself (Envoy sends them to the root;
+    /// the ABI allows either).
+    pub fn on_http_call_response(
+        &self,
         token_id: u32,
         _num_headers: usize,
         body_size: usize,
@@ -40,16 +43,13 @@ impl Context for HttpFilter {
         }
     }
 
-    fn on_done(&mut self) -> bool {
+    pub fn on_done(&self) {
         if let Some(shared) = &self.shared {
             shared.forget(self.context_id);
         }
-        true
     }
-}
 
-impl HttpContext for HttpFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_request_headers(&self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.as_ref().map(Rc::clone) else {
             return internal_error(self.context_id, "no configuration");
         };
@@ -85,14 +85,14 @@ impl HttpContext for HttpFilter {
         shared.perform(self.context_id, decision, flight, Site::Callback)
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_request_body(&self, body_size: usize, end_of_stream: bool) -> Action {
         match &self.shared {
             Some(shared) => shared.on_body(self.context_id, body_size, end_of_stream),
             None => Action::Continue,
         }
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    pub fn on_http_request_trailers(&self, _num_trailers: usize) -> Action {
         if self.waiting() {
             Action::Pause
         } else {
@@ -100,7 +100,7 @@ impl HttpContext for HttpFilter {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    pub fn on_http_response_headers(&self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(shared) = &self.shared {
             for (name, value) in shared.take_response_headers(self.context_id) {
                 if let Err(status) = hostcalls::add_response_header(&name, &value) {

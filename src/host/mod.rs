@@ -1,28 +1,19 @@
-//! The proxy-wasm adapter: the only code that names `proxy_wasm`.
+//! The proxy-wasm adapter: the only code that names the ABI.
 //!
 //! It reads what the core needs from the host (configuration, headers,
-//! clock), calls the core, and performs the decision. Every hostcall goes
-//! through `proxy_wasm::hostcalls` and its `Status` is handled: the SDK's
-//! trait defaults unwrap, and a panic would abort the VM.
+//! clock), calls the core, and performs the decision. It is our own thin
+//! layer over the raw ABI (no SDK): `abi` declares the host's functions and
+//! returns every status as a `Result`, `exports` is what the host calls and
+//! dispatches to the root and stream objects without ever panicking (a
+//! panic aborts the VM and every later request on that worker gets 503).
 
+mod abi;
+mod exports;
 mod hostcalls;
 mod http;
 mod keys;
+mod logger;
+mod pairs;
 mod root;
 mod stream;
 mod tokens;
-
-use proxy_wasm::types::LogLevel;
-
-proxy_wasm::main! {{
-    // A panic aborts the VM (panic = "abort"); say why before it goes.
-    std::panic::set_hook(Box::new(|info| {
-        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("ai_auth: panic: {info}"));
-    }));
-    // Hostcalls are not allowed here; the root context narrows the level
-    // to Envoy's once it may ask.
-    proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(root::Root::new(context_id))
-    });
-}}

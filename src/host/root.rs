@@ -2,8 +2,8 @@
 //! request a handle to it.
 
 use super::hostcalls;
-use super::http::HttpFilter;
 use super::keys::{RemoteJwksHost, TICK};
+use super::logger;
 use super::stream::{Pending, Site};
 use super::tokens::TokensHost;
 use crate::config::FilterConfig;
@@ -12,8 +12,6 @@ use crate::flow::WorkerState;
 use crate::jwks::Fetcher;
 use crate::stats::{self, Counter};
 use crate::vocab::ProcessEnvironment;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -44,42 +42,61 @@ impl Shared {
     }
 }
 
+/// A root context: one per plugin per VM. Its callbacks take `&self`
+/// (the host may call back while one runs); the configuration is set once.
 pub struct Root {
     context_id: u32,
-    shared: Option<Rc<Shared>>,
+    shared: RefCell<Option<Rc<Shared>>>,
 }
 
 impl Root {
     pub fn new(context_id: u32) -> Self {
         Root {
             context_id,
-            shared: None,
+            shared: RefCell::new(None),
         }
     }
-}
 
-impl Context for Root {
-    /// Replies to the JWKS fetches this root context sent.
-    fn on_http_call_response(
-        &mut self,
+    /// The compiled configuration, once `on_configure` accepted one.
+    pub fn shared(&self) -> Option<Rc<Shared>> {
+        self.shared.try_borrow().ok().and_then(|s| s.clone())
+    }
+
+    /// Every callout reply: Envoy delivers it to the root context, whoever
+    /// sent it (JWKS and token fetches, passthrough checks of streams).
+    pub fn on_http_call_response(
+        &self,
         token_id: u32,
         _num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if let Some(shared) = &self.shared {
-            // JWKS fetches, or passthrough checks of requests this root
-            // context released after they waited for keys.
+        if let Some(shared) = self.shared() {
             if !shared.jwks_reply(token_id, body_size) && !shared.token_reply(token_id, body_size) {
                 shared.callout_reply(token_id, body_size, Site::Root);
             }
         }
     }
-}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        proxy_wasm::set_log_level(hostcalls::host_log_level());
+    // gRPC replies: no stage sends gRPC calls yet.
+    pub fn on_grpc_receive_initial_metadata(&self, token: u32, _num_elements: usize) {
+        log::debug!("ai_auth: gRPC metadata for unknown call {token}");
+    }
+
+    pub fn on_grpc_receive(&self, token: u32, _message_size: usize) {
+        log::debug!("ai_auth: gRPC message for unknown call {token}");
+    }
+
+    pub fn on_grpc_receive_trailing_metadata(&self, token: u32, _num_elements: usize) {
+        log::debug!("ai_auth: gRPC trailers for unknown call {token}");
+    }
+
+    pub fn on_grpc_close(&self, token: u32, _status_code: u32) {
+        log::debug!("ai_auth: gRPC close for unknown call {token}");
+    }
+
+    pub fn on_configure(&self) -> bool {
+        logger::follow_host_level();
         let bytes = match hostcalls::plugin_configuration() {
             Ok(b) => b,
             Err(status) => {
@@ -114,7 +131,7 @@ impl RootContext for Root {
             "ai_auth: configuration loaded (root context {})",
             self.context_id
         );
-        self.shared = Some(Rc::new(Shared {
+        let shared = Rc::new(Shared {
             config,
             state,
             counters,
@@ -123,33 +140,27 @@ impl RootContext for Root {
             response_headers: RefCell::new(HashMap::new()),
             jwks: RemoteJwksHost::new(fetcher),
             tokens: TokensHost::new(token_fetcher),
-        }));
-        if self
-            .shared
-            .as_ref()
-            .is_some_and(|s| s.has_remote_jwks() || s.has_upstream_tokens())
-        {
+        });
+        if shared.has_remote_jwks() || shared.has_upstream_tokens() {
             if let Err(status) = hostcalls::set_tick_period(TICK) {
                 log::error!("ai_auth: cannot start the JWKS timer: {status:?}");
+                return false;
+            }
+        }
+        match self.shared.try_borrow_mut() {
+            Ok(mut slot) => *slot = Some(shared),
+            Err(_) => {
+                log::error!("ai_auth: root context busy; configuration not installed");
                 return false;
             }
         }
         true
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = self.shared.as_ref().map(Rc::clone);
-        Some(Box::new(HttpFilter::new(context_id, shared)))
-    }
-
-    fn on_tick(&mut self) {
-        if let Some(shared) = &self.shared {
+    pub fn on_tick(&self) {
+        if let Some(shared) = self.shared() {
             shared.jwks_tick();
             shared.tokens_tick();
         }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }

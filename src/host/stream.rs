@@ -1,12 +1,12 @@
 //! Performing the core's decisions for a stream, from wherever the work
 //! continues: the stream's own callbacks or a callout reply.
 
+use super::abi::Action;
 use super::hostcalls::{self, SharedData};
 use super::root::Shared;
 use crate::callout::CalloutResponse;
 use crate::flow::{self, Decision, InFlight, Step};
 use crate::response::{HeaderOp, LocalReply};
-use proxy_wasm::types::Action;
 
 /// How long a request may wait for remote keys, in root ticks (500 ms).
 const KEYS_WAIT_TICKS: u32 = 10;
