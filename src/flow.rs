@@ -24,6 +24,7 @@ use crate::credentials::oauth2::UpstreamToken;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
 use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
+use crate::jwt::challenge::Scheme;
 use crate::jwt::error::JwtError;
 use crate::jwt::keys::KeySet;
 use crate::jwt::{self, cache::VerifiedCache, Identity};
@@ -189,6 +190,11 @@ fn run(
         now,
     };
     if let Some(jwt_cfg) = &cfg.jwt_authn {
+        if let Some(doc) = jwt_cfg.resource_metadata(&flight.req) {
+            flight.counters.push(Counter::ResourceMetadataServed);
+            flight.note(|| "jwt_authn: protected resource metadata served".into());
+            return (flight.decision(cfg, Step::Reply(doc.reply())), None);
+        }
         let outcome = jwt::authenticate_with(
             jwt_cfg,
             &flight.req,
@@ -209,7 +215,8 @@ fn run(
             }
             Err(e) => {
                 flight.note(|| format!("jwt_authn: denied rule={} reason={}", rule(), e.code()));
-                let reply = e.denial().to_reply(&jwt::realm(jwt_cfg, &flight.req));
+                let reply =
+                    jwt::denial_reply(jwt_cfg, outcome.rule, &e, &flight.req, Scheme::Bearer);
                 return (flight.decision(cfg, Step::Reply(reply)), None);
             }
             Ok(identities) => {

@@ -153,6 +153,17 @@ impl LocalReply {
         self
     }
 
+    /// A successful JSON answer of the filter's own (a metadata document).
+    pub fn json(status: u16, body: String) -> Self {
+        LocalReply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into_bytes(),
+            error: None,
+            details: "local_document".into(),
+        }
+    }
+
     pub fn with_header(mut self, name: &str, value: String) -> Self {
         self.headers.push((name.to_string(), value));
         self

@@ -26,10 +26,11 @@ pub enum Counter {
     JwksFetchFailed,
     TokenFetchSuccess,
     TokenFetchFailed,
+    ResourceMetadataServed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -49,6 +50,7 @@ impl Counter {
         Counter::JwksFetchFailed,
         Counter::TokenFetchSuccess,
         Counter::TokenFetchFailed,
+        Counter::ResourceMetadataServed,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -73,6 +75,7 @@ impl Counter {
             Counter::JwksFetchFailed => "jwt_authn.jwks_fetch_failed",
             Counter::TokenFetchSuccess => "upstream_credentials.token_fetch_success",
             Counter::TokenFetchFailed => "upstream_credentials.token_fetch_failed",
+            Counter::ResourceMetadataServed => "jwt_authn.resource_metadata_served",
         }
     }
 

@@ -88,6 +88,26 @@ impl ClaimRule {
         self.path.join(".")
     }
 
+    /// The scope values this rule asks for, when it checks the `scope` (or
+    /// `scp`) claim: what RFC 6750's `scope` challenge parameter names.
+    pub fn scope_values(&self) -> Vec<String> {
+        if !matches!(self.path.as_slice(), [c] if c == "scope" || c == "scp") {
+            return Vec::new();
+        }
+        let values: &[Value] = match &self.check {
+            Check::Equals(v) => std::slice::from_ref(v),
+            Check::AnyOf(v) | Check::ContainsAll(v) | Check::ContainsAny(v) => v,
+            Check::Present(_) => &[],
+        };
+        values
+            .iter()
+            .filter_map(Value::as_str)
+            .flat_map(|s| s.split(' '))
+            .filter(|w| !w.is_empty() && crate::response::quoted_param_safe(w) == *w)
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn is_satisfied_by(&self, claims: &Claims) -> bool {
         let value = claims.lookup(&self.path);
         match (&self.check, value) {
@@ -211,6 +231,21 @@ mod tests {
         assert!(raw(json!({"claim": "a", "equals": 1, "contains": 1})).is_err());
         assert!(raw(json!({"claim": "a..b", "equals": 1})).is_err());
         assert!(raw(json!({"claim": "a", "any_of": []})).is_err());
+    }
+
+    #[test]
+    fn scope_rules_name_their_scopes() {
+        let r = rule(json!({"claim": "scope", "contains_all": ["chat", "embed"]}));
+        assert_eq!(r.scope_values(), ["chat", "embed"]);
+        let r = rule(json!({"claim": "scp", "contains": "chat"}));
+        assert_eq!(r.scope_values(), ["chat"]);
+        let r = rule(json!({"claim": "realm_access.roles", "contains": "chat"}));
+        assert!(r.scope_values().is_empty());
+        let r = rule(json!({"claim": "scope", "contains": "a\"b"}));
+        assert!(
+            r.scope_values().is_empty(),
+            "nothing that could break the header"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The `jwt_authn` section: field names and meaning follow Envoy's
 //! `envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`.
 
+use super::challenge::RuleChallenge;
 use super::claims::{ClaimRule, RawClaimRule};
 use super::keys::{parse_jwks, KeySet};
+use super::protected_resource::{Facts, ProtectedResource, RawProtectedResource};
 use crate::request::RequestView;
 use crate::response::{is_valid_header_value, ErrorFormat};
 use crate::route::{RawRouteMatch, RouteMatch};
@@ -66,6 +68,8 @@ struct RawProvider {
     #[serde(default)]
     claim_to_headers: Vec<RawClaimToHeader>,
     forward_payload_header: Option<String>,
+    /// RFC 9728 metadata for every rule that requires this provider and has none of its own.
+    protected_resource: Option<RawProtectedResource>,
 }
 
 /// Envoy's `RemoteJwks`, plus `discovery`: `http_uri` is then the issuer's
@@ -105,6 +109,8 @@ struct RawRule {
     claim_rules: Vec<RawClaimRule>,
     /// The shape of error bodies for requests this rule matches.
     error_format: Option<ErrorFormat>,
+    /// RFC 9728 metadata for the routes of this rule.
+    protected_resource: Option<RawProtectedResource>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +184,27 @@ pub struct Provider {
     /// (header name, claim path)
     pub claim_to_headers: Vec<(String, Vec<String>)>,
     pub forward_payload_header: Option<String>,
+    /// The URL of the provider's own RFC 9728 document, used by the rules
+    /// that require it and publish none of their own.
+    pub resource_metadata: Option<String>,
+}
+
+impl Provider {
+    /// What this provider tells RFC 9728 metadata about itself.
+    fn add_facts(&self, facts: &mut Facts) {
+        if let Some(iss) = &self.issuer {
+            facts.add_issuer(iss);
+        }
+        for location in &self.locations {
+            match location {
+                Location::Header { name, .. } if name == "authorization" => {
+                    facts.add_bearer_method("header")
+                }
+                Location::Param(_) => facts.add_bearer_method("query"),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Envoy's `JwtRequirement`.
@@ -196,6 +223,37 @@ pub enum Requirement {
     AllowMissingOrFailed,
 }
 
+impl Requirement {
+    /// The providers this requirement may verify, in order, without repeats.
+    pub fn providers(&self, all: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.collect_providers(all, &mut out);
+        out
+    }
+
+    fn collect_providers(&self, all: usize, out: &mut Vec<usize>) {
+        match self {
+            Requirement::Provider { provider, .. } => {
+                if !out.contains(provider) {
+                    out.push(*provider);
+                }
+            }
+            Requirement::Any(list) | Requirement::All(list) => {
+                for r in list {
+                    r.collect_providers(all, out);
+                }
+            }
+            Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
+                for p in 0..all {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Rule {
     pub route: RouteMatch,
@@ -203,6 +261,8 @@ pub struct Rule {
     pub requirement: Option<Requirement>,
     pub claim_rules: Vec<ClaimRule>,
     pub error_format: Option<ErrorFormat>,
+    /// What this rule's `WWW-Authenticate` says besides the error.
+    pub challenge: RuleChallenge,
 }
 
 #[derive(Debug)]
@@ -214,6 +274,8 @@ pub struct JwtAuthn {
     pub max_cached_token_size: usize,
     pub max_token_size: usize,
     pub realm: Option<String>,
+    /// RFC 9728 documents, each served at its own path.
+    pub protected_resources: Vec<ProtectedResource>,
 }
 
 impl JwtAuthn {
@@ -225,9 +287,19 @@ impl JwtAuthn {
             ));
         }
         let mut providers = Vec::new();
-        for (name, p) in raw.providers.0 {
+        let mut documents = Documents::default();
+        for (name, mut p) in raw.providers.0 {
             let path = format!("providers.{name}");
-            providers.push(compile_provider(&name, p, env).map_err(|e| e.under(&path))?);
+            let block = p.protected_resource.take();
+            let mut provider = compile_provider(&name, p, env).map_err(|e| e.under(&path))?;
+            if let Some(raw) = block {
+                let mut facts = Facts::default();
+                provider.add_facts(&mut facts);
+                let field = format!("{path}.protected_resource");
+                let doc = ProtectedResource::compile(raw, &facts).map_err(|e| e.under(&field))?;
+                provider.resource_metadata = Some(documents.add(doc, &field)?);
+            }
+            providers.push(provider);
         }
         let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
         let mut rules = Vec::new();
@@ -254,11 +326,20 @@ impl JwtAuthn {
                     "claim rules need a `requires` that verifies a token",
                 ));
             }
+            let challenge = rule_challenge(
+                &providers,
+                requirement.as_ref(),
+                &claim_rules,
+                r.protected_resource,
+                &mut documents,
+            )
+            .map_err(|e| e.under(&path))?;
             rules.push(Rule {
                 route,
                 requirement,
                 claim_rules,
                 error_format: r.error_format,
+                challenge,
             });
         }
         if rules.is_empty() {
@@ -283,6 +364,7 @@ impl JwtAuthn {
             max_cached_token_size: cache.jwt_max_token_size.unwrap_or(DEFAULT_MAX_CACHED_TOKEN),
             max_token_size,
             realm: raw.www_authenticate_realm,
+            protected_resources: documents.0,
         })
     }
 
@@ -292,6 +374,18 @@ impl JwtAuthn {
             .iter()
             .find(|r| r.route.matches(req))
             .and_then(|r| r.error_format)
+    }
+
+    /// The RFC 9728 document a request asks for (`GET` or `HEAD` of its
+    /// well-known path, any query ignored).
+    pub fn resource_metadata(&self, req: &RequestView) -> Option<&ProtectedResource> {
+        if self.protected_resources.is_empty() || !matches!(req.method(), "GET" | "HEAD") {
+            return None;
+        }
+        let path = req.path_without_query();
+        self.protected_resources
+            .iter()
+            .find(|d| d.metadata_path == path)
     }
 
     pub fn provider_index(&self, name: &str) -> Option<usize> {
@@ -428,7 +522,86 @@ fn compile_provider(
         max_lifetime,
         claim_to_headers,
         forward_payload_header,
+        resource_metadata: None,
     })
+}
+
+/// The RFC 9728 documents of the configuration, one per metadata path.
+#[derive(Default)]
+struct Documents(Vec<ProtectedResource>);
+
+impl Documents {
+    /// Adds a document, or finds the same one already there; two different
+    /// documents at one path are refused.
+    fn add(&mut self, doc: ProtectedResource, field: &str) -> Result<String, ConfigError> {
+        match self.0.iter().find(|d| d.metadata_path == doc.metadata_path) {
+            Some(existing) if *existing == doc => {}
+            Some(_) => {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "another protected_resource block with different content is served at {}",
+                        doc.metadata_path
+                    ),
+                ))
+            }
+            None => self.0.push(doc.clone()),
+        }
+        Ok(doc.metadata_url)
+    }
+}
+
+/// A rule's challenge parameters, and its RFC 9728 document (its own
+/// block, else the block of the first provider it requires that has one).
+fn rule_challenge(
+    providers: &[Provider],
+    requirement: Option<&Requirement>,
+    claim_rules: &[ClaimRule],
+    own: Option<RawProtectedResource>,
+    documents: &mut Documents,
+) -> Result<RuleChallenge, ConfigError> {
+    let mut challenge = RuleChallenge::default();
+    let Some(requirement) = requirement else {
+        if own.is_some() {
+            return Err(ConfigError::new(
+                "protected_resource",
+                "needs a `requires` (a route without a token to present has no metadata to publish)",
+            ));
+        }
+        return Ok(challenge);
+    };
+    let involved: Vec<&Provider> = requirement
+        .providers(providers.len())
+        .into_iter()
+        .filter_map(|i| providers.get(i))
+        .collect();
+    let mut scopes = Vec::new();
+    for rule in claim_rules {
+        for scope in rule.scope_values() {
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+    }
+    if !scopes.is_empty() {
+        challenge.scope = Some(scopes.join(" "));
+    }
+    challenge.resource_metadata = match own {
+        Some(raw) => {
+            let mut facts = Facts::default();
+            for p in &involved {
+                p.add_facts(&mut facts);
+            }
+            for s in &scopes {
+                facts.add_scope(s);
+            }
+            let doc = ProtectedResource::compile(raw, &facts)
+                .map_err(|e| e.under("protected_resource"))?;
+            Some(documents.add(doc, "protected_resource")?)
+        }
+        None => involved.iter().find_map(|p| p.resource_metadata.clone()),
+    };
+    Ok(challenge)
 }
 
 /// Envoy's default `cache_duration` of a remote JWKS.

@@ -1,7 +1,7 @@
 //! Every reason a JWT check can fail, and the one function that maps a reason
 //! to the HTTP answer (RFC 6750).
 
-use crate::response::{quoted_param_safe, LocalReply};
+use crate::response::LocalReply;
 
 /// One variant per distinct outcome, as Envoy's `jwt_authn` `status.h`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,19 +123,16 @@ impl JwtError {
 }
 
 impl Denial {
-    /// Builds the local reply: `WWW-Authenticate` and the JSON body.
+    /// Builds the local reply: `WWW-Authenticate: Bearer` and the JSON body.
+    /// Rules with more to say (DPoP, scopes, resource metadata) go through
+    /// [`super::challenge::render`].
     pub fn to_reply(&self, realm: &str) -> LocalReply {
-        let realm = quoted_param_safe(realm);
-        let challenge = match self.error {
-            None => format!("Bearer realm=\"{realm}\""),
-            Some(error) => format!(
-                "Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{}\"",
-                quoted_param_safe(&self.description)
-            ),
-        };
-        let body_error = self.error.unwrap_or("missing_token");
-        LocalReply::json_error(self.status, body_error, &self.description)
-            .with_header("www-authenticate", challenge)
+        super::challenge::render(
+            self,
+            realm,
+            &super::challenge::RuleChallenge::default(),
+            super::challenge::Scheme::Bearer,
+        )
     }
 }
 

@@ -5,16 +5,18 @@
 //! which header edits go with it, and which identities were verified.
 
 pub mod cache;
+pub mod challenge;
 pub mod claims;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod protected_resource;
 pub mod rsa;
 pub mod signature;
 pub mod token;
 
 use crate::request::{cookie_header_without, path_without_params, RequestView};
-use crate::response::HeaderOp;
+use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
 use cache::VerifiedCache;
 use config::{JwtAuthn, Location, Provider, ProviderKeys, Requirement, Rule};
@@ -61,6 +63,22 @@ pub fn realm(cfg: &JwtAuthn, req: &RequestView) -> String {
             format!("{scheme}://{}{path}", req.authority())
         }
     }
+}
+
+/// The answer to a request the stage denied on rule `rule`: the JSON body
+/// and the rule's `WWW-Authenticate` challenges.
+pub fn denial_reply(
+    cfg: &JwtAuthn,
+    rule: Option<usize>,
+    error: &JwtError,
+    req: &RequestView,
+    used: challenge::Scheme,
+) -> LocalReply {
+    let default = challenge::RuleChallenge::default();
+    let rule = rule
+        .and_then(|i| cfg.rules.get(i))
+        .map_or(&default, |r| &r.challenge);
+    challenge::render(&error.denial(), &realm(cfg, req), rule, used)
 }
 
 fn is_cors_preflight(req: &RequestView) -> bool {

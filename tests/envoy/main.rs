@@ -15,6 +15,7 @@ mod ext_authz_http;
 mod jwks_remote;
 mod jwt_authn;
 mod layering;
+mod protected_resource;
 mod robustness;
 mod support;
 mod upstream_credentials;
