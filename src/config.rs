@@ -106,17 +106,6 @@ impl FilterConfig {
 }
 
 impl FilterConfig {
-    /// Whether any stage reads the clock: JWT times, or the decision cache.
-    pub fn needs_clock(&self) -> bool {
-        self.jwt_authn.is_some()
-            || self
-                .ext_authz
-                .as_ref()
-                .is_some_and(|a| a.decision_cache.is_some())
-    }
-}
-
-impl FilterConfig {
     /// The shape of our error bodies for this request: the `error_format` of
     /// the JWT rule it matches, else of its upstream route, else of that
     /// route's backend, else the global one. Only asked when replying.

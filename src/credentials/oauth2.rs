@@ -3,23 +3,28 @@
 //! shared by every worker VM.
 //!
 //! - First fetch at once; a token is fetched again at half its lifetime.
-//! - A token is never injected in its last `EXPIRY_MARGIN_SECS`: once the
-//!   endpoint has failed that long, requests get 503, not a dead token
-//!   (the failure Envoy's oauth2 injector had, envoyproxy/envoy#44674).
-//! - Failures back off: 1 s, 2 s, 4 s ... at most 60 s.
+//! - A token's lifetime counts from when its request was sent (the endpoint
+//!   issued it later), and it is never injected in its last
+//!   [`expiry_margin`] (10 % of its lifetime, between 1 s and 10 s): once the
+//!   endpoint has failed that long, requests get 503, not a dead token (the
+//!   failure Envoy's oauth2 injector had, envoyproxy/envoy#44674).
+//! - Failures back off from `retry_back_off.base_interval` (1 s), doubling,
+//!   to at most `max_interval` (10 s), as Envoy's `BackoffStrategy`.
 
 use crate::callout::{CalloutRequest, CalloutResponse};
 use crate::response::is_valid_header_value;
 use crate::secret::Secret;
-use crate::vocab::{ConfigError, DataSource, Environment, HttpUri, RawHttpUri};
+use crate::vocab::{duration, ConfigError, DataSource, Environment, HttpUri, RawHttpUri};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 
-const MAX_BACKOFF_SECS: u64 = 60;
-/// A token this close to its expiry is not used.
-pub const EXPIRY_MARGIN_SECS: u64 = 10;
+/// The largest margin before a token's expiry in which it is not used.
+pub const MAX_EXPIRY_MARGIN_SECS: u64 = 10;
+/// Envoy's `BackoffStrategy`: base 1 s; the cap defaults to ten times the base.
+const DEFAULT_RETRY_BASE_SECS: u64 = 1;
+const DEFAULT_RETRY_MAX_FACTOR: u64 = 10;
 /// Token responses above this are refused.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +40,77 @@ pub struct RawOAuth2 {
     /// `body` (client_secret_post, default) or `basic` (client_secret_basic).
     #[serde(default)]
     client_auth: ClientAuth,
+    /// Envoy's `config.core.v3.BackoffStrategy`: when a fetch fails.
+    retry_back_off: Option<RawBackOff>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackOff {
+    #[serde(deserialize_with = "duration::deserialize")]
+    base_interval: Duration,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    max_interval: Option<Duration>,
+}
+
+/// Retry delays after failed fetches, in whole seconds: `base`, doubling
+/// with each consecutive failure, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackOff {
+    pub base_secs: u64,
+    pub max_secs: u64,
+}
+
+impl Default for BackOff {
+    fn default() -> Self {
+        BackOff {
+            base_secs: DEFAULT_RETRY_BASE_SECS,
+            max_secs: DEFAULT_RETRY_BASE_SECS * DEFAULT_RETRY_MAX_FACTOR,
+        }
+    }
+}
+
+impl BackOff {
+    fn compile(raw: Option<RawBackOff>) -> Result<Self, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(BackOff::default());
+        };
+        // The root context looks at its fetches every 500 ms: whole seconds.
+        let whole_secs = |d: Duration, field: &str| {
+            if d.subsec_nanos() != 0 || d.as_secs() == 0 {
+                Err(ConfigError::new(
+                    field,
+                    "must be a whole number of seconds, at least 1s",
+                ))
+            } else {
+                Ok(d.as_secs())
+            }
+        };
+        let base_secs = whole_secs(raw.base_interval, "base_interval")?;
+        let max_secs = match raw.max_interval {
+            Some(d) => whole_secs(d, "max_interval")?,
+            None => base_secs.saturating_mul(DEFAULT_RETRY_MAX_FACTOR),
+        };
+        if max_secs < base_secs {
+            return Err(ConfigError::new(
+                "max_interval",
+                "must not be shorter than base_interval",
+            ));
+        }
+        Ok(BackOff {
+            base_secs,
+            max_secs,
+        })
+    }
+
+    /// The delay after `failures` consecutive failures (1 or more).
+    pub fn delay(&self, failures: u32) -> u64 {
+        1u64.checked_shl(failures.saturating_sub(1))
+            .map_or(self.max_secs, |factor| {
+                self.base_secs.saturating_mul(factor)
+            })
+            .min(self.max_secs)
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -52,6 +128,7 @@ pub struct OAuth2 {
     client_secret: Secret,
     scopes: Vec<String>,
     client_auth: ClientAuth,
+    retry: BackOff,
 }
 
 impl OAuth2 {
@@ -68,12 +145,14 @@ impl OAuth2 {
         if secret.is_empty() {
             return Err(ConfigError::new("client_secret", "the secret is empty"));
         }
+        let retry = BackOff::compile(raw.retry_back_off).map_err(|e| e.under("retry_back_off"))?;
         Ok(OAuth2 {
             token_uri,
             client_id: raw.client_id,
             client_secret: Secret::new(secret),
             scopes: raw.scopes,
             client_auth: raw.client_auth,
+            retry,
         })
     }
 
@@ -139,16 +218,29 @@ fn form_encode(text: &str) -> String {
     out
 }
 
+/// The margin before expiry in which a token of `lifetime` seconds is not
+/// used: 10 % of the lifetime, at least 1 s (the clock counts whole
+/// seconds), at most [`MAX_EXPIRY_MARGIN_SECS`].
+pub fn expiry_margin(lifetime: u64) -> u64 {
+    lifetime.div_ceil(10).clamp(1, MAX_EXPIRY_MARGIN_SECS)
+}
+
 /// A token as injected: the secret and when it stops being usable.
 #[derive(Debug, Clone)]
 pub struct UpstreamToken {
     pub access_token: Secret,
+    /// When the endpoint's lifetime ends, counted from the request's sending.
     pub expires_at: u64,
+    /// `expires_at` less the margin: the token is used strictly before this.
+    pub usable_until: u64,
 }
 
 impl UpstreamToken {
+    /// Whether the token may be injected at `now` (whole seconds, rounded
+    /// down): it then has more than the margin left, wherever in the second
+    /// the request is.
     pub fn usable_at(&self, now: u64) -> bool {
-        now.saturating_add(EXPIRY_MARGIN_SECS) < self.expires_at
+        now < self.usable_until
     }
 }
 
@@ -168,7 +260,8 @@ struct Slot {
     oauth: OAuth2,
     next_attempt: u64,
     failures: u32,
-    in_flight: bool,
+    /// When the request in flight was sent: a token's lifetime counts from then.
+    in_flight: Option<u64>,
 }
 
 /// The token fetches of every OAuth 2 backend, by backend index.
@@ -186,7 +279,7 @@ impl TokenFetcher {
                         oauth,
                         next_attempt: 0,
                         failures: 0,
-                        in_flight: false,
+                        in_flight: None,
                     })
                 })
                 .collect(),
@@ -208,10 +301,10 @@ impl TokenFetcher {
         let mut out = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
-            if slot.in_flight || now < slot.next_attempt {
+            if slot.in_flight.is_some() || now < slot.next_attempt {
                 continue;
             }
-            slot.in_flight = true;
+            slot.in_flight = Some(now);
             out.push((index, slot.oauth.request()));
         }
         out
@@ -220,7 +313,7 @@ impl TokenFetcher {
     /// Another VM stored a token to refresh at `refresh_at`.
     pub fn fetched_elsewhere(&mut self, index: usize, refresh_at: u64) {
         if let Some(Some(slot)) = self.slots.get_mut(index) {
-            if !slot.in_flight {
+            if slot.in_flight.is_none() {
                 slot.next_attempt = slot.next_attempt.max(refresh_at);
                 slot.failures = 0;
             }
@@ -231,21 +324,19 @@ impl TokenFetcher {
         let Some(Some(slot)) = self.slots.get_mut(index) else {
             return TokenFetched::Failed("not an OAuth 2 backend".into());
         };
-        slot.in_flight = false;
-        match parse(reply, now) {
+        // The endpoint issued the token after the request left: counting
+        // its lifetime from the sending errs on the early side.
+        let sent_at = slot.in_flight.take().unwrap_or(now).min(now);
+        match parse(reply, sent_at) {
             Ok((token, lifetime)) => {
                 slot.failures = 0;
-                let refresh_at = now.saturating_add((lifetime / 2).max(1));
+                let refresh_at = sent_at.saturating_add((lifetime / 2).max(1)).max(now);
                 slot.next_attempt = refresh_at;
                 TokenFetched::Token { token, refresh_at }
             }
             Err(reason) => {
                 slot.failures = slot.failures.saturating_add(1);
-                let backoff = 1u64
-                    .checked_shl(slot.failures.saturating_sub(1))
-                    .unwrap_or(MAX_BACKOFF_SECS)
-                    .min(MAX_BACKOFF_SECS);
-                slot.next_attempt = now.saturating_add(backoff);
+                slot.next_attempt = now.saturating_add(slot.oauth.retry.delay(slot.failures));
                 TokenFetched::Failed(reason)
             }
         }
@@ -256,7 +347,8 @@ impl TokenFetcher {
     }
 }
 
-fn parse(reply: &CalloutResponse, now: u64) -> Result<(UpstreamToken, u64), String> {
+/// The token in a reply to a request sent at `sent_at`, and its lifetime.
+fn parse(reply: &CalloutResponse, sent_at: u64) -> Result<(UpstreamToken, u64), String> {
     match reply.status {
         None => return Err("no response (timeout, reset or not HTTP)".into()),
         Some(200) => {}
@@ -285,34 +377,42 @@ fn parse(reply: &CalloutResponse, now: u64) -> Result<(UpstreamToken, u64), Stri
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             .ok_or("expires_in is not a number")?,
     };
-    if lifetime <= EXPIRY_MARGIN_SECS {
+    let margin = expiry_margin(lifetime);
+    if lifetime <= margin {
         return Err(format!("the token lives {lifetime} s, too short to use"));
     }
+    let expires_at = sent_at.saturating_add(lifetime);
     Ok((
         UpstreamToken {
             access_token: Secret::new(token.to_string()),
-            expires_at: now.saturating_add(lifetime),
+            expires_at,
+            usable_until: expires_at - margin,
         },
         lifetime,
     ))
 }
 
-/// Shared-data form: expiry and refresh time (u64 LE each), then the token.
+/// Shared-data form: expiry, end of use and refresh time (u64 LE each),
+/// then the token.
 pub fn encode_shared(token: &UpstreamToken, refresh_at: u64) -> Vec<u8> {
     let mut out = token.expires_at.to_le_bytes().to_vec();
+    out.extend_from_slice(&token.usable_until.to_le_bytes());
     out.extend_from_slice(&refresh_at.to_le_bytes());
     out.extend_from_slice(token.access_token.expose().as_bytes());
     out
 }
 
 pub fn decode_shared(bytes: &[u8]) -> Option<(UpstreamToken, u64)> {
-    let expires_at = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let refresh_at = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-    let token = std::str::from_utf8(bytes.get(16..)?).ok()?;
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    let (expires_at, usable_until, refresh_at) = (word(0)?, word(8)?, word(16)?);
+    let token = std::str::from_utf8(bytes.get(24..)?).ok()?;
     Some((
         UpstreamToken {
             access_token: Secret::new(token.to_string()),
             expires_at,
+            usable_until: usable_until.min(expires_at),
         },
         refresh_at,
     ))
@@ -395,6 +495,70 @@ mod tests {
     }
 
     #[test]
+    fn a_token_lives_from_its_request_and_short_ones_keep_a_margin() {
+        let mut f = TokenFetcher::new([Some(oauth(json!({})))].into_iter());
+        assert_eq!(f.due(100).len(), 1);
+        // The endpoint answered 3 s later (slow): its 4 s count from 100.
+        let TokenFetched::Token { token, refresh_at } = f.on_reply(
+            0,
+            &reply(200, json!({"access_token": "t", "expires_in": 4})),
+            103,
+        ) else {
+            panic!()
+        };
+        assert_eq!((token.expires_at, token.usable_until), (104, 103));
+        assert!(!token.usable_at(103), "the last second is never used");
+        assert_eq!(refresh_at, 103, "half-life already passed: at once");
+        for (lifetime, margin) in [(2, 1), (4, 1), (11, 2), (60, 6), (100, 10), (3600, 10)] {
+            assert_eq!(expiry_margin(lifetime), margin, "{lifetime}");
+        }
+        for short in [0, 1] {
+            assert_eq!(f.due(200).len(), 1);
+            let r = reply(200, json!({"access_token": "t", "expires_in": short}));
+            assert!(matches!(f.on_reply(0, &r, 200), TokenFetched::Failed(_)));
+            f.fetched_elsewhere(0, 0);
+            f.slots[0].as_mut().unwrap().next_attempt = 0;
+        }
+    }
+
+    #[test]
+    fn retry_back_off_is_configurable() {
+        let compile = |v: Value| {
+            let env = |n: &str| (n == "SECRET").then(|| "s".to_string());
+            let mut raw = json!({
+                "token_uri": {"uri": "https://login.example/t", "cluster": "entra"},
+                "client_id": "c", "client_secret": {"environment_variable": "SECRET"}});
+            raw["retry_back_off"] = v;
+            OAuth2::compile(serde_json::from_value(raw).unwrap(), &env)
+        };
+        let b = compile(json!({"base_interval": "2s", "max_interval": "5s"}))
+            .unwrap()
+            .retry;
+        assert_eq!(
+            (1..=4).map(|n| b.delay(n)).collect::<Vec<_>>(),
+            [2, 4, 5, 5]
+        );
+        let b = compile(json!({"base_interval": "1s"})).unwrap().retry;
+        assert_eq!((b.delay(1), b.delay(4), b.delay(40)), (1, 8, 10));
+        for (bad, field) in [
+            (
+                json!({"base_interval": "0.5s"}),
+                "retry_back_off.base_interval",
+            ),
+            (
+                json!({"base_interval": "0s"}),
+                "retry_back_off.base_interval",
+            ),
+            (
+                json!({"base_interval": "4s", "max_interval": "2s"}),
+                "retry_back_off.max_interval",
+            ),
+        ] {
+            assert_eq!(compile(bad).unwrap_err().path, field);
+        }
+    }
+
+    #[test]
     fn failures_back_off_and_bad_tokens_fail() {
         let mut f = TokenFetcher::new([Some(oauth(json!({})))].into_iter());
         for (i, (r, now)) in [
@@ -406,7 +570,7 @@ mod tests {
             ),
             (reply(200, json!({"access_token": "t\r\nx: y"})), 7),
             (
-                reply(200, json!({"access_token": "t", "expires_in": 5})),
+                reply(200, json!({"access_token": "t", "expires_in": 1})),
                 15,
             ),
         ]
@@ -419,8 +583,8 @@ mod tests {
                 "attempt {i}"
             );
         }
-        assert!(f.due(30).is_empty(), "fifth failure waits 16 s");
-        assert_eq!(f.due(31).len(), 1);
+        assert!(f.due(24).is_empty(), "fifth failure waits the 10 s cap");
+        assert_eq!(f.due(25).len(), 1);
     }
 
     #[test]
@@ -428,11 +592,17 @@ mod tests {
         let t = UpstreamToken {
             access_token: Secret::new("abc".into()),
             expires_at: 9,
+            usable_until: 8,
         };
         let (back, refresh) = decode_shared(&encode_shared(&t, 5)).unwrap();
         assert_eq!(
-            (back.access_token.expose(), back.expires_at, refresh),
-            ("abc", 9, 5)
+            (
+                back.access_token.expose(),
+                back.expires_at,
+                back.usable_until,
+                refresh
+            ),
+            ("abc", 9, 8, 5)
         );
     }
 }

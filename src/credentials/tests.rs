@@ -306,6 +306,7 @@ fn oauth2_tokens_are_injected_while_usable_and_never_after() {
         vec![Some(Arc::new(oauth2::UpstreamToken {
             access_token: Secret::new("entra-token".into()),
             expires_at,
+            usable_until: expires_at - 10,
         }))]
     };
     match c.plan(&r, &[], &token(1000), 100) {
@@ -319,7 +320,7 @@ fn oauth2_tokens_are_injected_while_usable_and_never_after() {
         }
         other => panic!("{other:?}"),
     }
-    for tokens in [vec![None], token(105)] {
+    for tokens in [vec![None], token(105), token(110)] {
         match c.plan(&r, &[], &tokens, 100) {
             CredentialOutcome::Deny(reply) => {
                 assert_eq!(reply.status, 503);

@@ -6,9 +6,13 @@ use super::abi::{self, BufferType, HostError, MapType, MetricType, StreamType};
 use crate::callout::{CalloutRequest, SharedStore};
 use std::time::Duration;
 
-/// Seconds since the Unix epoch by the host's clock (0 if it will not say).
-pub fn now_secs() -> u64 {
-    abi::current_time_nanos().map_or(0, |nanos| nanos / 1_000_000_000)
+/// Seconds since the Unix epoch by the host's clock; `None` when the host
+/// cannot tell. Never a made-up 0: at 0 every expiry lies in the future.
+pub fn now_secs() -> Option<u64> {
+    abi::current_time_nanos()
+        .ok()
+        .map(|nanos| nanos / 1_000_000_000)
+        .filter(|secs| *secs > 0)
 }
 
 pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {

@@ -75,7 +75,9 @@ impl HttpFilter {
             );
         }
         request.set_has_body(!end_of_stream);
-        let now = shared.clock();
+        let Some(now) = shared.clock() else {
+            return internal_error(self.context_id, super::stream::NO_CLOCK);
+        };
         let (decision, flight) = match shared.state.try_borrow_mut() {
             Ok(mut state) => {
                 flow::on_request_headers(&shared.config, &mut state, &SharedData, request, now)

@@ -4,6 +4,7 @@
 
 use super::hostcalls;
 use super::root::Shared;
+use super::stream::NO_CLOCK;
 use crate::callout::CalloutResponse;
 use crate::jwks::{decode_shared, encode_shared, Fetched, Fetcher};
 use crate::jwt::keys::parse_jwks;
@@ -50,7 +51,10 @@ impl Shared {
     /// Every tick: load keys another VM published, release requests waiting
     /// for keys, then send due fetches.
     pub fn jwks_tick(&self) {
-        let now = hostcalls::now_secs();
+        let Some(now) = hostcalls::now_secs() else {
+            log::error!("ai_auth: {NO_CLOCK}; no jwks fetch this tick");
+            return;
+        };
         let loaded = self.load_published();
         self.release_waiting_for_keys(loaded, true);
         {
@@ -132,7 +136,14 @@ impl Shared {
             hostcalls::callout_response_headers(),
             hostcalls::callout_response_body(body_size.min(crate::jwks::MAX_DOCUMENT_BYTES + 1)),
         );
-        let now = hostcalls::now_secs();
+        let Some(now) = hostcalls::now_secs() else {
+            // Without a time the keys' lifetime is unknown: a failed fetch,
+            // retried as soon as the clock is back.
+            log::error!("ai_auth: {NO_CLOCK}; jwks reply for provider {index} dropped");
+            self.count(Counter::JwksFetchFailed);
+            self.jwks.fetcher.borrow_mut().on_dispatch_failed(index, 0);
+            return true;
+        };
         let outcome = self.jwks.fetcher.borrow_mut().on_reply(index, &reply, now);
         match outcome {
             Fetched::Keys { jwks, expires_at } => {

@@ -61,6 +61,8 @@ fn send(context_id: u32, reply: &LocalReply) -> Action {
     Action::Pause
 }
 
+pub const NO_CLOCK: &str = "cannot read the host's clock";
+
 /// Fail closed: when the host refuses an edit (a token we must strip
 /// stays in place), the request must not go upstream.
 pub fn internal_error(context_id: u32, what: &str) -> Action {
@@ -76,6 +78,14 @@ pub fn internal_error(context_id: u32, what: &str) -> Action {
 }
 
 impl Shared {
+    /// `internal_error` from wherever the continuation runs.
+    fn fail_closed(&self, context_id: u32, site: Site, what: &str) {
+        if site == Site::Root && hostcalls::set_effective_context(context_id).is_err() {
+            return; // the stream is gone
+        }
+        internal_error(context_id, what);
+    }
+
     /// Performs a decision for stream `context_id`. `flight` is the
     /// in-flight state when the step asks for something.
     pub fn perform(
@@ -201,14 +211,11 @@ impl Shared {
         truncated: bool,
         site: Site,
     ) -> Action {
-        let (decision, next) = flow::on_request_body(
-            &self.config,
-            &SharedData,
-            flight,
-            &body,
-            truncated,
-            self.clock(),
-        );
+        let Some(now) = self.clock() else {
+            return internal_error(context_id, NO_CLOCK);
+        };
+        let (decision, next) =
+            flow::on_request_body(&self.config, &SharedData, flight, &body, truncated, now);
         self.perform(context_id, decision, next, site)
     }
 
@@ -261,13 +268,12 @@ impl Shared {
             Vec::new()
         };
         let reply = CalloutResponse::from_headers(headers, body);
-        let decision = flow::on_callout_response(
-            &self.config,
-            &SharedData,
-            pending.flight,
-            reply,
-            hostcalls::now_secs(),
-        );
+        let Some(now) = self.clock() else {
+            self.fail_closed(context_id, site, NO_CLOCK);
+            return;
+        };
+        let decision =
+            flow::on_callout_response(&self.config, &SharedData, pending.flight, reply, now);
         self.perform(context_id, decision, None, site);
     }
 
@@ -293,13 +299,17 @@ impl Shared {
             let Some(pending) = self.pending.borrow_mut().remove(&context_id) else {
                 continue;
             };
+            let Some(now) = self.clock() else {
+                self.fail_closed(context_id, Site::Root, NO_CLOCK);
+                continue;
+            };
             let result = match self.state.try_borrow_mut() {
                 Ok(mut state) => Some(flow::on_keys_loaded(
                     &self.config,
                     &mut state,
                     &SharedData,
                     pending.flight,
-                    self.clock(),
+                    now,
                 )),
                 Err(_) => None,
             };
@@ -319,14 +329,12 @@ impl Shared {
         self.response_headers.borrow_mut().remove(&context_id);
     }
 
-    /// The host's clock when a stage needs it (JWT times, the decision
-    /// cache's TTLs); 0 otherwise, sparing a hostcall per request.
-    pub fn clock(&self) -> u64 {
-        if self.config.needs_clock() {
-            hostcalls::now_secs()
-        } else {
-            0
-        }
+    /// The host's clock, read for every decision. Not only when some stage
+    /// "needs" it: a stage that forgot to say so once injected expired
+    /// upstream tokens, and a hostcall costs far less than that risk.
+    /// `None` (the host cannot tell the time) fails the request closed.
+    pub fn clock(&self) -> Option<u64> {
+        hostcalls::now_secs()
     }
 
     pub fn is_waiting(&self, context_id: u32) -> bool {

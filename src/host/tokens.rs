@@ -5,6 +5,7 @@
 
 use super::hostcalls;
 use super::root::Shared;
+use super::stream::NO_CLOCK;
 use crate::callout::CalloutResponse;
 use crate::credentials::oauth2::{
     decode_shared, encode_shared, TokenFetched, TokenFetcher, MAX_RESPONSE_BYTES,
@@ -43,7 +44,10 @@ impl Shared {
 
     /// Every tick: load tokens another VM published, then send due requests.
     pub fn tokens_tick(&self) {
-        let now = hostcalls::now_secs();
+        let Some(now) = hostcalls::now_secs() else {
+            log::error!("ai_auth: {NO_CLOCK}; no token request this tick");
+            return;
+        };
         let backends: Vec<usize> = self.tokens.fetcher.borrow().backends().collect();
         for index in backends {
             let key = shared_key(&self.config.namespace, index);
@@ -97,7 +101,16 @@ impl Shared {
             hostcalls::callout_response_headers(),
             hostcalls::callout_response_body(body_size.min(MAX_RESPONSE_BYTES + 1)),
         );
-        let now = hostcalls::now_secs();
+        let Some(now) = hostcalls::now_secs() else {
+            // A token whose expiry cannot be placed in time is never used.
+            log::error!("ai_auth: {NO_CLOCK}; token reply for backend {index} dropped");
+            self.count(Counter::TokenFetchFailed);
+            self.tokens
+                .fetcher
+                .borrow_mut()
+                .on_dispatch_failed(index, 0);
+            return true;
+        };
         let outcome = self
             .tokens
             .fetcher

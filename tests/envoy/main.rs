@@ -19,3 +19,4 @@ mod protected_resource;
 mod robustness;
 mod support;
 mod upstream_credentials;
+mod upstream_tokens;
