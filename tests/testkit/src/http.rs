@@ -228,6 +228,14 @@ pub enum Action {
     },
     /// Wait, then respond.
     Delay(Duration, Box<Action>),
+    /// Answer with `transfer-encoding: chunked`, writing each chunk as it
+    /// comes with `gap` between them (server-sent events).
+    Stream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        chunks: Vec<Vec<u8>>,
+        gap: Duration,
+    },
     /// Close the connection without answering.
     Close,
     /// Write bytes that are not HTTP, then close.
@@ -427,6 +435,17 @@ fn serve_connection(
                     let _ = writer.write_all(&bytes);
                     return;
                 }
+                Action::Stream {
+                    status,
+                    headers,
+                    chunks,
+                    gap,
+                } => {
+                    if write_stream(&mut writer, status, &headers, &chunks, gap).is_err() {
+                        return;
+                    }
+                    break;
+                }
                 Action::Respond {
                     status,
                     headers,
@@ -450,6 +469,32 @@ fn serve_connection(
     }
 }
 
+fn write_stream(
+    writer: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+    chunks: &[Vec<u8>],
+    gap: Duration,
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("transfer-encoding: chunked\r\n\r\n");
+    writer.write_all(head.as_bytes())?;
+    for (i, chunk) in chunks.iter().filter(|c| !c.is_empty()).enumerate() {
+        if i > 0 {
+            thread::sleep(gap);
+        }
+        let mut out = format!("{:x}\r\n", chunk.len()).into_bytes();
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+        writer.write_all(&out)?;
+        writer.flush()?;
+    }
+    writer.write_all(b"0\r\n\r\n")
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -458,6 +503,7 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",

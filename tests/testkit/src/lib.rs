@@ -2,8 +2,10 @@
 //! process, small HTTP servers and client, fixture keys that sign tokens,
 //! the benchmark's load generator.
 
+pub mod demo;
 pub mod envoy;
 pub mod http;
 pub mod keys;
 pub mod loadgen;
+pub mod providers;
 pub mod sdk;

@@ -1,13 +1,16 @@
 //! A small local identity provider for the demo: issues RS256 tokens and
 //! publishes its keys the way Keycloak does (OIDC discovery + JWKS).
 //!
-//!   GET  /token?sub=alice&aud=llm-gateway&expires_in=300&roles=llm-user   -> the JWT as text
+//!   GET  /token?sub=alice&aud=llm-gateway&expires_in=3600&roles=llm-user  -> the JWT as text
 //!   POST /token (form: same fields)                                       -> {"access_token": ..., "token_type": "Bearer", ...}
 //!   GET  /realms/demo/.well-known/openid-configuration, /realms/demo/protocol/openid-connect/certs
 //!
-//! Usage: demo-idp <port> <signing-key.pem> [issuer]
+//! Tokens last an hour unless `expires_in` (seconds) says otherwise.
+//!
+//! Usage: demo-idp <port> <signing-key.pem> [issuer]   (ends on SIGTERM or SIGINT)
 
-use ai_auth_testkit::http::{Action, Server};
+use ai_auth_testkit::demo;
+use ai_auth_testkit::http::Action;
 use ai_auth_testkit::keys::{jwks, TestKey};
 use serde_json::json;
 use std::collections::HashMap;
@@ -19,13 +22,18 @@ fn params(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// How long a token lasts when the caller does not say.
+const DEFAULT_EXPIRES_IN: i64 = 3600;
+
 fn main() {
+    demo::block_termination();
+    let usage = "demo-idp <port> <signing-key.pem> [issuer]";
+    let port = demo::port_arg(usage);
     let args: Vec<String> = std::env::args().collect();
-    let (Some(port), Some(pem_path)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: demo-idp <port> <signing-key.pem> [issuer]");
+    let Some(pem_path) = args.get(2) else {
+        eprintln!("usage: {usage}");
         std::process::exit(2);
     };
-    let port: u16 = port.parse().expect("port");
     let pem = std::fs::read_to_string(pem_path).expect("signing key");
     let key = TestKey::rsa_pem(&pem, "demo-key-1").expect("RSA key");
     let issuer = args
@@ -38,9 +46,9 @@ fn main() {
         j["keys"][0]["use"] = json!("sig");
         j
     };
-    let iss = issuer.clone();
-    let bind = std::env::var("BIND_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
-    let server = Server::start_on_addr(&bind, port, move |r| {
+    eprintln!("demo-idp: issuer {issuer}");
+    let iss = issuer;
+    demo::serve("demo-idp", port, move |r| {
         let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
         match (r.method.as_str(), path) {
             (_, "/token") => {
@@ -55,7 +63,7 @@ fn main() {
                 let expires_in: i64 = p
                     .get("expires_in")
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(300);
+                    .unwrap_or(DEFAULT_EXPIRES_IN);
                 let roles: Vec<&str> = p
                     .get("roles")
                     .map_or("llm-user", String::as_str)
@@ -101,8 +109,4 @@ fn main() {
             _ => Action::json(404, &json!({"error": "not_found"})),
         }
     });
-    eprintln!("demo-idp: issuer {issuer} on port {}", server.port);
-    loop {
-        std::thread::park();
-    }
 }
