@@ -178,8 +178,36 @@ impl RequestView {
     }
 }
 
-/// Rebuilds `path` with every query parameter named in `names` removed.
-/// Returns `None` when nothing was removed.
+/// `%XX` escapes decoded, for comparing names: `access%5Ftoken` is the
+/// parameter `access_token` to whatever decodes the query upstream.
+fn percent_decoded(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('%') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Rebuilds `path` with every query parameter named in `names` removed,
+/// however the client escaped its name. Returns `None` when nothing was removed.
 pub fn path_without_params(path: &str, names: &[&str]) -> Option<String> {
     let (base, query) = path.split_once('?')?;
     let (query, fragment) = match query.split_once('#') {
@@ -191,7 +219,7 @@ pub fn path_without_params(path: &str, names: &[&str]) -> Option<String> {
         .split('&')
         .filter(|pair| {
             let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            let drop = names.contains(&key);
+            let drop = names.contains(&percent_decoded(key).as_ref());
             removed |= drop;
             !drop
         })
@@ -309,6 +337,15 @@ mod tests {
             Some("/a")
         );
         assert_eq!(path_without_params("/a?b=1", &["access_token"]), None);
+        assert_eq!(
+            path_without_params(
+                "/a?access%5Ftoken=x&b=%41&%61ccess_token",
+                &["access_token"]
+            )
+            .as_deref(),
+            Some("/a?b=%41"),
+            "an escaped name is the same parameter upstream"
+        );
         assert_eq!(path_without_params("/a", &["access_token"]), None);
     }
 

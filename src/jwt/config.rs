@@ -153,6 +153,19 @@ pub enum Location {
     Cookie(String),
 }
 
+impl Location {
+    /// Whether removing one removes the other: the same header, query
+    /// parameter or cookie, whatever the value prefix.
+    pub fn same_carrier(&self, other: &Location) -> bool {
+        match (self, other) {
+            (Location::Header { name: a, .. }, Location::Header { name: b, .. }) => a == b,
+            (Location::Param(a), Location::Param(b))
+            | (Location::Cookie(a), Location::Cookie(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// Where a provider's keys come from.
 #[derive(Debug)]
 pub enum ProviderKeys {

@@ -411,26 +411,56 @@ impl<'a> Evaluation<'a> {
             .collect()
     }
 
+    /// Where tokens must not go upstream: every location of every provider
+    /// with `forward: false` that the requirement looked at, whatever each
+    /// holds (RFC 6750 2: one method per request; a copy or a second token
+    /// elsewhere must not slip through), except a location a verified
+    /// `forward: true` provider took its token from.
+    fn token_locations_to_strip(&self) -> Vec<&'a Location> {
+        let providers = &self.cfg.providers;
+        let kept: Vec<&Location> = providers
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| p.forward && matches!(self.verified.get(*i), Some(Some(Ok(_)))))
+            .filter_map(|(i, _)| match self.found.get(i) {
+                Some(Some(Ok(Some(found)))) => Some(&found.location),
+                _ => None,
+            })
+            .collect();
+        let mut strip: Vec<&Location> = Vec::new();
+        for (index, provider) in providers.iter().enumerate() {
+            let consulted = matches!(self.found.get(index), Some(Some(_)));
+            if provider.forward || !consulted {
+                continue;
+            }
+            for location in &provider.locations {
+                let carried_elsewhere = |l: &&Location| l.same_carrier(location);
+                if !kept.iter().any(carried_elsewhere) && !strip.iter().any(carried_elsewhere) {
+                    strip.push(location);
+                }
+            }
+        }
+        strip
+    }
+
     /// Claim headers (removed first, so a client cannot supply them), then
     /// token removal for providers with `forward: false`, then claim values.
     fn header_ops(&self) -> Vec<HeaderOp> {
         let mut ops = claim_header_removals(self.cfg);
         let mut params: Vec<&str> = Vec::new();
         let mut cookies: Vec<&str> = Vec::new();
+        for location in self.token_locations_to_strip() {
+            match location {
+                Location::Header { name, .. } => ops.push(HeaderOp::remove(name.clone())),
+                Location::Param(p) => params.push(p),
+                Location::Cookie(c) => cookies.push(c),
+            }
+        }
         let mut sets = Vec::new();
         for (index, provider) in self.cfg.providers.iter().enumerate() {
             let Some(Some(Ok(claims))) = self.verified.get(index) else {
                 continue;
             };
-            if !provider.forward {
-                if let Some(Some(Ok(Some(found)))) = self.found.get(index) {
-                    match &found.location {
-                        Location::Header { name, .. } => ops.push(HeaderOp::remove(name.clone())),
-                        Location::Param(p) => params.push(p),
-                        Location::Cookie(c) => cookies.push(c),
-                    }
-                }
-            }
             for (header, path) in &provider.claim_to_headers {
                 if let Some(value) = claims.lookup(path).and_then(claims::header_value) {
                     sets.push(HeaderOp::set(header.clone(), value));
@@ -483,10 +513,15 @@ fn check_times(provider: &Provider, claims: &Claims, now: u64) -> Result<(), Jwt
 }
 
 /// The provider's token: the first location that holds one. Two tokens in
-/// one location (two `Authorization` lines, `?access_token=` twice) are refused.
+/// one location (two `Authorization` lines, `?access_token=` twice) are
+/// refused, and so are two different tokens in two locations: only one is
+/// verified, and the other must not reach the upstream as if it had been
+/// (Envoy verifies every token it extracts; RFC 6750 2 allows one method).
+/// The same token in two locations is one token (every copy is stripped).
 fn find_token(provider: &Provider, req: &RequestView) -> Result<Option<Found>, JwtError> {
+    let mut first: Option<Found> = None;
     for location in &provider.locations {
-        let mut tokens: Vec<&str> = match location {
+        let tokens: Vec<&str> = match location {
             Location::Header { name, prefix } => req
                 .header_values(name)
                 .filter_map(|v| strip_prefix(v, prefix.as_deref()))
@@ -494,22 +529,26 @@ fn find_token(provider: &Provider, req: &RequestView) -> Result<Option<Found>, J
             Location::Param(name) => req.query_params(name).collect(),
             Location::Cookie(name) => req.cookies(name).collect(),
         };
-        match tokens.len() {
-            0 => continue,
-            1 => {
-                let token = tokens.pop().unwrap_or_default().trim();
-                if token.is_empty() {
-                    return Err(JwtError::BadFormat("empty token"));
-                }
-                return Ok(Some(Found {
+        let token = match tokens.as_slice() {
+            [] => continue,
+            [one] => one.trim(),
+            _ => return Err(JwtError::MultipleTokens),
+        };
+        match &first {
+            None => {
+                first = Some(Found {
                     token: token.to_string(),
                     location: location.clone(),
-                }));
+                })
             }
-            _ => return Err(JwtError::MultipleTokens),
+            Some(found) if found.token != token => return Err(JwtError::MultipleTokens),
+            Some(_) => {}
         }
     }
-    Ok(None)
+    if first.as_ref().is_some_and(|f| f.token.is_empty()) {
+        return Err(JwtError::BadFormat("empty token"));
+    }
+    Ok(first)
 }
 
 /// `Bearer` and other schemes match case-insensitively (RFC 9110 11.1).

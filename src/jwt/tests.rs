@@ -359,6 +359,124 @@ fn token_is_removed_unless_forward() {
 }
 
 #[test]
+fn forward_false_strips_every_location_whatever_it_holds() {
+    let key = TestKey::ed25519("k");
+    let token = key.sign(&claims());
+    let other =
+        key.sign(&json!({"iss": ISS, "aud": "llm-gateway", "sub": "mallory", "exp": NOW + 300}));
+    let cfg = simple(
+        &[&key],
+        json!({"from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+               "from_params": ["access_token"], "from_cookies": ["session"]}),
+    );
+    let upstream = |r: &RequestView| {
+        let out = run(&cfg, r);
+        assert!(out.result.is_ok(), "{:?}", out.result);
+        let mut seen = r.clone();
+        seen.apply(&out.header_ops);
+        seen
+    };
+    // The same token in every location: one token, every copy removed.
+    let cookie = format!("a=1; session={token}");
+    let r = req(
+        &format!("/v1/x?access_token={token}&b=2"),
+        &[("authorization", &bearer(&token)), ("cookie", &cookie)],
+    );
+    let seen = upstream(&r);
+    assert_eq!(seen.path(), "/v1/x?b=2");
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("cookie"), Some("a=1"));
+    // A location that holds no token of ours (another scheme) is emptied too.
+    let r = req(
+        &format!("/v1/x?access_token={token}"),
+        &[("authorization", "Basic dXNlcjpwYXNz")],
+    );
+    let seen = upstream(&r);
+    assert_eq!((seen.path(), seen.header("authorization")), ("/v1/x", None));
+    // An escaped parameter name is the same parameter upstream.
+    let r = req(
+        "/v1/x?access%5Ftoken=junk",
+        &[("authorization", &bearer(&token))],
+    );
+    assert_eq!(upstream(&r).path(), "/v1/x");
+    // Two different tokens: refused, whichever is valid (Envoy verifies both).
+    for (path, headers) in [
+        (
+            format!("/v1/x?access_token={other}"),
+            vec![("authorization", bearer(&token))],
+        ),
+        (
+            "/v1/x".to_string(),
+            vec![
+                ("authorization", bearer(&token)),
+                ("cookie", format!("session={other}")),
+            ],
+        ),
+        (
+            "/v1/x?access_token=not-a-jwt".to_string(),
+            vec![("authorization", bearer(&token))],
+        ),
+        (
+            "/v1/x".to_string(),
+            vec![
+                ("authorization", bearer(&token)),
+                ("cookie", "session=junk".to_string()),
+            ],
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            run(&cfg, &req(&path, &headers)).result.unwrap_err(),
+            JwtError::MultipleTokens,
+            "{path}"
+        );
+    }
+    // forward: true keeps the token where it is.
+    let fwd = simple(&[&key], json!({"forward": true}));
+    let r = req(
+        &format!("/v1/x?access_token={token}"),
+        &[("authorization", &bearer(&token))],
+    );
+    let out = run(&fwd, &r);
+    assert!(out.result.is_ok());
+    assert!(!out
+        .header_ops
+        .iter()
+        .any(|op| op.name() == ":path" || op.name() == "authorization"));
+}
+
+#[test]
+fn a_location_a_forwarding_provider_verified_is_kept() {
+    let a = TestKey::ed25519("a");
+    let b = TestKey::ed25519("b");
+    let cfg = filter(json!({
+        "providers": {
+            "strip": provider(&[&a], json!({"issuer": "https://a"})),
+            "keep": provider(&[&b], json!({"forward": true, "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}]}))
+        },
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+            {"provider_name": "strip"}, {"provider_name": "keep"}]}}}]
+    }));
+    let token = b.sign(&claims());
+    let r = req(
+        "/v1/x?access_token=junk",
+        &[("authorization", &bearer(&token))],
+    );
+    let out = run(&cfg, &r);
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    assert!(
+        !out.header_ops.contains(&HeaderOp::remove("authorization")),
+        "{:?}",
+        out.header_ops
+    );
+    assert!(
+        out.header_ops.contains(&HeaderOp::set(":path", "/v1/x")),
+        "{:?}",
+        out.header_ops
+    );
+}
+
+#[test]
 fn custom_locations_and_cookie_stripping() {
     let key = TestKey::ed25519("k");
     let cfg = simple(

@@ -18,5 +18,6 @@ mod layering;
 mod protected_resource;
 mod robustness;
 mod support;
+mod token_locations;
 mod upstream_credentials;
 mod upstream_tokens;
