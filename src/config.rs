@@ -66,15 +66,19 @@ impl FilterConfig {
         })?;
         de.end()
             .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
-        let jwt_authn = raw
-            .jwt_authn
-            .map(|j| JwtAuthn::compile(j, env).map_err(|e| e.under("jwt_authn")))
-            .transpose()?;
         let namespace: String = Sha256::digest(bytes)
             .iter()
             .take(6)
             .map(|b| format!("{b:02x}"))
             .collect();
+        let jwt_authn = raw
+            .jwt_authn
+            .map(|j| JwtAuthn::compile(j, env).map_err(|e| e.under("jwt_authn")))
+            .transpose()?
+            .map(|mut j| {
+                j.namespace = namespace.clone();
+                j
+            });
         let ext_authz = raw
             .ext_authz
             .map(|x| ExtAuthz::compile(x).map_err(|e| e.under("ext_authz")))

@@ -24,7 +24,6 @@ use crate::credentials::oauth2::UpstreamToken;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
 use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
-use crate::jwt::challenge::Scheme;
 use crate::jwt::error::JwtError;
 use crate::jwt::keys::KeySet;
 use crate::jwt::{self, cache::VerifiedCache, Identity};
@@ -145,6 +144,16 @@ impl InFlight {
     }
 }
 
+/// Creates the shared-data keys that must exist before requests write
+/// them under compare-and-swap (the DPoP replay cache), once per VM at load.
+pub fn prepare_shared_data(cfg: &FilterConfig, store: &dyn SharedStore) {
+    if let Some(jwt_cfg) = &cfg.jwt_authn {
+        for cache in jwt_cfg.replay_caches() {
+            cache.prepare(store);
+        }
+    }
+}
+
 /// Runs the stages on the request headers. The returned [`InFlight`] is
 /// `Some` when the step asks the host to fetch something and call back.
 pub fn on_request_headers(
@@ -201,6 +210,7 @@ fn run(
             now,
             &mut state.jwt_cache,
             &state.remote_keys,
+            store,
         );
         flight.counters.extend(outcome.counters);
         flight.jwks_refresh = outcome.refresh;
@@ -216,7 +226,7 @@ fn run(
             Err(e) => {
                 flight.note(|| format!("jwt_authn: denied rule={} reason={}", rule(), e.code()));
                 let reply =
-                    jwt::denial_reply(jwt_cfg, outcome.rule, &e, &flight.req, Scheme::Bearer);
+                    jwt::denial_reply(jwt_cfg, outcome.rule, &e, &flight.req, outcome.scheme);
                 return (flight.decision(cfg, Step::Reply(reply)), None);
             }
             Ok(identities) => {

@@ -19,6 +19,9 @@ pub struct RequestView {
     route_name: Option<String>,
     /// Whether a body follows the headers.
     has_body: bool,
+    /// Hex SHA-256 of the downstream TLS client certificate, when the host
+    /// was asked for it and the connection presented one.
+    peer_certificate_sha256: Option<String>,
 }
 
 impl RequestView {
@@ -136,6 +139,14 @@ impl RequestView {
 
     pub fn has_body(&self) -> bool {
         self.has_body
+    }
+
+    pub fn set_peer_certificate_sha256(&mut self, digest: Option<String>) {
+        self.peer_certificate_sha256 = digest.filter(|d| !d.is_empty());
+    }
+
+    pub fn peer_certificate_sha256(&self) -> Option<&str> {
+        self.peer_certificate_sha256.as_deref()
     }
 
     pub fn cluster(&self) -> Option<&str> {

@@ -27,10 +27,16 @@ pub enum Counter {
     TokenFetchSuccess,
     TokenFetchFailed,
     ResourceMetadataServed,
+    DpopVerified,
+    DpopInvalid,
+    DpopReplayed,
+    DpopReplayCacheFull,
+    CertificateBoundVerified,
+    SenderConstraintFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 26] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -51,6 +57,12 @@ impl Counter {
         Counter::TokenFetchSuccess,
         Counter::TokenFetchFailed,
         Counter::ResourceMetadataServed,
+        Counter::DpopVerified,
+        Counter::DpopInvalid,
+        Counter::DpopReplayed,
+        Counter::DpopReplayCacheFull,
+        Counter::CertificateBoundVerified,
+        Counter::SenderConstraintFailed,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -76,6 +88,12 @@ impl Counter {
             Counter::TokenFetchSuccess => "upstream_credentials.token_fetch_success",
             Counter::TokenFetchFailed => "upstream_credentials.token_fetch_failed",
             Counter::ResourceMetadataServed => "jwt_authn.resource_metadata_served",
+            Counter::DpopVerified => "jwt_authn.dpop_verified",
+            Counter::DpopInvalid => "jwt_authn.dpop_invalid",
+            Counter::DpopReplayed => "jwt_authn.dpop_replayed",
+            Counter::DpopReplayCacheFull => "jwt_authn.dpop_replay_cache_full",
+            Counter::CertificateBoundVerified => "jwt_authn.certificate_bound_verified",
+            Counter::SenderConstraintFailed => "jwt_authn.sender_constraint_failed",
         }
     }
 

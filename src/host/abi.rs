@@ -19,6 +19,7 @@ impl HostError {
     pub const NOT_FOUND: HostError = HostError(1);
     pub const SERIALIZATION_FAILURE: HostError = HostError(3);
     pub const PARSE_FAILURE: HostError = HostError(4);
+    pub const CAS_MISMATCH: HostError = HostError(8);
 
     fn name(self) -> Option<&'static str> {
         Some(match self.0 {

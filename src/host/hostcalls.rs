@@ -3,7 +3,7 @@
 //! (documented per function); none can panic.
 
 use super::abi::{self, BufferType, HostError, MapType, MetricType, StreamType};
-use crate::callout::{CalloutRequest, SharedStore};
+use crate::callout::{CalloutRequest, SharedStore, StoreWrite};
 use std::time::Duration;
 
 /// Seconds since the Unix epoch by the host's clock; `None` when the host
@@ -66,6 +66,16 @@ pub fn route_property(name: &str) -> Option<String> {
             .filter(|s| !s.is_empty())
     };
     read(&["xds", name]).or_else(|| read(&[name]))
+}
+
+/// Hex SHA-256 of the downstream TLS client certificate (Envoy's
+/// `connection.sha256_peer_certificate_digest`); `None` without one.
+pub fn peer_certificate_sha256() -> Option<String> {
+    abi::get_property(&["connection", "sha256_peer_certificate_digest"])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.is_empty())
 }
 
 /// Envoy stores it as filter state `wasm.<name>`, readable by access logs.
@@ -150,6 +160,25 @@ impl SharedStore for SharedData {
         // A lost race (CAS mismatch) only costs a later cache miss.
         if let Err(status) = abi::set_shared_data(key, Some(value), None) {
             log::debug!("ai_auth: cannot store shared data: {status:?}");
+        }
+    }
+
+    fn get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match abi::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Some((value, cas)),
+            Ok((None, Some(cas))) => Some((Vec::new(), cas)),
+            _ => None,
+        }
+    }
+
+    fn set_versioned(&self, key: &str, value: &[u8], version: u32) -> StoreWrite {
+        match abi::set_shared_data(key, Some(value), Some(version)) {
+            Ok(()) => StoreWrite::Written,
+            Err(HostError::CAS_MISMATCH) => StoreWrite::Conflict,
+            Err(status) => {
+                log::debug!("ai_auth: cannot store shared data: {status:?}");
+                StoreWrite::Failed
+            }
         }
     }
 }

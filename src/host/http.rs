@@ -74,6 +74,14 @@ impl HttpFilter {
                 hostcalls::route_property("route_name"),
             );
         }
+        if shared
+            .config
+            .jwt_authn
+            .as_ref()
+            .is_some_and(|j| j.needs_peer_certificate())
+        {
+            request.set_peer_certificate_sha256(hostcalls::peer_certificate_sha256());
+        }
         request.set_has_body(!end_of_stream);
         let Some(now) = shared.clock() else {
             return internal_error(self.context_id, super::stream::NO_CLOCK);

@@ -8,7 +8,7 @@ use super::stream::{Pending, Site};
 use super::tokens::TokensHost;
 use crate::config::FilterConfig;
 use crate::credentials::oauth2::TokenFetcher;
-use crate::flow::WorkerState;
+use crate::flow::{self, WorkerState};
 use crate::jwks::Fetcher;
 use crate::stats::{self, Counter};
 use crate::vocab::ProcessEnvironment;
@@ -117,6 +117,7 @@ impl Root {
             .map(|c| hostcalls::define_counter(&format!("{}.{}", stats::PREFIX, c.name())).ok())
             .collect();
         let state = RefCell::new(WorkerState::new(&config));
+        flow::prepare_shared_data(&config, &hostcalls::SharedData);
         let fetcher = config
             .jwt_authn
             .as_ref()

@@ -3,6 +3,8 @@
 
 use super::challenge::RuleChallenge;
 use super::claims::{ClaimRule, RawClaimRule};
+use super::cnf::{CertificateBound, RawCertificateBound};
+use super::dpop::{Dpop, RawDpop};
 use super::keys::{parse_jwks, KeySet};
 use super::protected_resource::{Facts, ProtectedResource, RawProtectedResource};
 use crate::request::RequestView;
@@ -70,6 +72,10 @@ struct RawProvider {
     forward_payload_header: Option<String>,
     /// RFC 9728 metadata for every rule that requires this provider and has none of its own.
     protected_resource: Option<RawProtectedResource>,
+    /// DPoP-bound tokens (RFC 9449): `Authorization: DPoP` with a proof.
+    dpop: Option<RawDpop>,
+    /// Certificate-bound tokens (RFC 8705): `cnf.x5t#S256` against the client certificate.
+    certificate_bound_tokens: Option<RawCertificateBound>,
 }
 
 /// Envoy's `RemoteJwks`, plus `discovery`: `http_uri` is then the issuer's
@@ -164,6 +170,12 @@ impl Location {
             _ => false,
         }
     }
+
+    /// `Authorization: DPoP <token>` (RFC 9449 7.1).
+    pub fn is_dpop(&self) -> bool {
+        matches!(self, Location::Header { name, prefix: Some(p) }
+            if name == "authorization" && p.eq_ignore_ascii_case("DPoP "))
+    }
 }
 
 /// Where a provider's keys come from.
@@ -200,10 +212,24 @@ pub struct Provider {
     /// The URL of the provider's own RFC 9728 document, used by the rules
     /// that require it and publish none of their own.
     pub resource_metadata: Option<String>,
+    pub dpop: Option<Dpop>,
+    pub certificate_bound: Option<CertificateBound>,
+}
+
+/// What these providers tell RFC 9728 metadata about themselves.
+fn facts_of(providers: &[&Provider]) -> Facts {
+    let mut facts = Facts::default();
+    for p in providers {
+        p.add_facts(&mut facts);
+    }
+    facts.dpop_required = !providers.is_empty()
+        && providers
+            .iter()
+            .all(|p| p.dpop.as_ref().is_some_and(|d| d.required));
+    facts
 }
 
 impl Provider {
-    /// What this provider tells RFC 9728 metadata about itself.
     fn add_facts(&self, facts: &mut Facts) {
         if let Some(iss) = &self.issuer {
             facts.add_issuer(iss);
@@ -217,6 +243,12 @@ impl Provider {
                 _ => {}
             }
         }
+        if let Some(d) = &self.dpop {
+            for alg in &d.algs {
+                facts.add_dpop_alg(alg.name());
+            }
+        }
+        facts.certificate_bound |= self.certificate_bound.is_some();
     }
 }
 
@@ -289,6 +321,8 @@ pub struct JwtAuthn {
     pub realm: Option<String>,
     /// RFC 9728 documents, each served at its own path.
     pub protected_resources: Vec<ProtectedResource>,
+    /// This configuration's shared-data namespace (the DPoP replay cache).
+    pub namespace: String,
 }
 
 impl JwtAuthn {
@@ -306,8 +340,7 @@ impl JwtAuthn {
             let block = p.protected_resource.take();
             let mut provider = compile_provider(&name, p, env).map_err(|e| e.under(&path))?;
             if let Some(raw) = block {
-                let mut facts = Facts::default();
-                provider.add_facts(&mut facts);
+                let facts = facts_of(&[&provider]);
                 let field = format!("{path}.protected_resource");
                 let doc = ProtectedResource::compile(raw, &facts).map_err(|e| e.under(&field))?;
                 provider.resource_metadata = Some(documents.add(doc, &field)?);
@@ -378,6 +411,7 @@ impl JwtAuthn {
             max_token_size,
             realm: raw.www_authenticate_realm,
             protected_resources: documents.0,
+            namespace: String::new(),
         })
     }
 
@@ -399,6 +433,24 @@ impl JwtAuthn {
         self.protected_resources
             .iter()
             .find(|d| d.metadata_path == path)
+    }
+
+    /// The DPoP replay caches of the providers, one per size.
+    pub fn replay_caches(&self) -> Vec<super::replay::ReplayCache> {
+        let mut caches = Vec::new();
+        for d in self.providers.iter().filter_map(|p| p.dpop.as_ref()) {
+            let cache = super::replay::ReplayCache::new(&self.namespace, d.replay_entries);
+            if !caches.contains(&cache) {
+                caches.push(cache);
+            }
+        }
+        caches
+    }
+
+    /// Whether some provider checks certificate-bound tokens: the host then
+    /// reads the client certificate's digest for each request.
+    pub fn needs_peer_certificate(&self) -> bool {
+        self.providers.iter().any(|p| p.certificate_bound.is_some())
     }
 
     pub fn provider_index(&self, name: &str) -> Option<usize> {
@@ -482,6 +534,20 @@ fn compile_provider(
         });
         locations.push(Location::Param("access_token".into()));
     }
+    let dpop = p
+        .dpop
+        .map(|d| Dpop::compile(d).map_err(|e| e.under("dpop")))
+        .transpose()?;
+    if dpop.is_some() {
+        // RFC 9449 7.1: a DPoP-bound token comes as `Authorization: DPoP`.
+        locations.insert(
+            0,
+            Location::Header {
+                name: "authorization".into(),
+                prefix: Some("DPoP ".into()),
+            },
+        );
+    }
 
     let mut claim_to_headers = Vec::new();
     for (i, c) in p.claim_to_headers.iter().enumerate() {
@@ -536,6 +602,8 @@ fn compile_provider(
         claim_to_headers,
         forward_payload_header,
         resource_metadata: None,
+        dpop,
+        certificate_bound: p.certificate_bound_tokens.map(CertificateBound::compile),
     })
 }
 
@@ -588,6 +656,22 @@ fn rule_challenge(
         .into_iter()
         .filter_map(|i| providers.get(i))
         .collect();
+    // A Bearer challenge unless every provider requires DPoP; a DPoP one
+    // with the algorithms some provider accepts.
+    challenge.bearer = involved
+        .iter()
+        .any(|p| !p.dpop.as_ref().is_some_and(|d| d.required));
+    let mut algs: Vec<&str> = Vec::new();
+    for d in involved.iter().filter_map(|p| p.dpop.as_ref()) {
+        for alg in &d.algs {
+            if !algs.contains(&alg.name()) {
+                algs.push(alg.name());
+            }
+        }
+    }
+    if !algs.is_empty() {
+        challenge.dpop_algs = Some(algs.join(" "));
+    }
     let mut scopes = Vec::new();
     for rule in claim_rules {
         for scope in rule.scope_values() {
@@ -601,10 +685,7 @@ fn rule_challenge(
     }
     challenge.resource_metadata = match own {
         Some(raw) => {
-            let mut facts = Facts::default();
-            for p in &involved {
-                p.add_facts(&mut facts);
-            }
+            let mut facts = facts_of(&involved);
             for s in &scopes {
                 facts.add_scope(s);
             }

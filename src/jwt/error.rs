@@ -40,6 +40,12 @@ pub enum JwtError {
     KeysUnavailable,
     /// A claim rule failed on a valid token.
     ClaimRuleFailed(String),
+    /// The DPoP proof is missing, malformed, or does not hold (RFC 9449 4.3).
+    InvalidDpopProof(&'static str),
+    /// The token's sender constraint does not hold: a DPoP-bound token sent
+    /// as a bearer token, a certificate-bound one over the wrong (or no)
+    /// client certificate, or an unbound one where binding is required.
+    SenderConstraint(&'static str),
 }
 
 /// What a failure turns into on the wire.
@@ -73,6 +79,8 @@ impl JwtError {
             JwtError::BadSignature => "Jwt verification fails".into(),
             JwtError::KeysUnavailable => "Jwks is not available".into(),
             JwtError::ClaimRuleFailed(claim) => format!("claim {claim} does not satisfy the rule"),
+            JwtError::InvalidDpopProof(why) => format!("DPoP proof is invalid: {why}"),
+            JwtError::SenderConstraint(why) => (*why).to_string(),
         }
     }
 
@@ -97,6 +105,8 @@ impl JwtError {
             JwtError::BadSignature => "bad_signature",
             JwtError::KeysUnavailable => "jwks_unavailable",
             JwtError::ClaimRuleFailed(_) => "claim_rule_failed",
+            JwtError::InvalidDpopProof(_) => "invalid_dpop_proof",
+            JwtError::SenderConstraint(_) => "sender_constraint",
         }
     }
 
@@ -106,6 +116,7 @@ impl JwtError {
             JwtError::Missing => (401, None),
             JwtError::AudienceNotAllowed => (403, Some("invalid_token")),
             JwtError::ClaimRuleFailed(_) => (403, Some("insufficient_scope")),
+            JwtError::InvalidDpopProof(_) => (401, Some("invalid_dpop_proof")),
             _ => (401, Some("invalid_token")),
         };
         Denial {

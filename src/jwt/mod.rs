@@ -7,14 +7,18 @@
 pub mod cache;
 pub mod challenge;
 pub mod claims;
+pub mod cnf;
 pub mod config;
+pub mod dpop;
 pub mod error;
 pub mod keys;
 pub mod protected_resource;
+pub mod replay;
 pub mod rsa;
 pub mod signature;
 pub mod token;
 
+use crate::callout::SharedStore;
 use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
@@ -46,6 +50,9 @@ pub struct JwtOutcome {
     /// context refetches them (rate-limited), so a rotation at the IdP is
     /// picked up without waiting for `cache_duration`.
     pub refresh: Vec<usize>,
+    /// The scheme the client presented its token with (for the challenge
+    /// that carries the error).
+    pub scheme: challenge::Scheme,
 }
 
 /// The `realm` of `WWW-Authenticate`: configured, or the request URL without
@@ -92,13 +99,22 @@ fn is_cors_preflight(req: &RequestView) -> bool {
 /// Keys of remote providers as this VM has them, indexed like the providers.
 pub type RemoteKeys = [Option<Arc<KeySet>>];
 
+/// With local keys only and a fresh shared store (tests).
+#[cfg(test)]
 pub fn authenticate(
     cfg: &JwtAuthn,
     req: &RequestView,
     now: u64,
     cache: &mut VerifiedCache,
 ) -> JwtOutcome {
-    authenticate_with(cfg, req, now, cache, &[])
+    authenticate_with(
+        cfg,
+        req,
+        now,
+        cache,
+        &[],
+        &crate::callout::MemoryStore::default(),
+    )
 }
 
 pub fn authenticate_with(
@@ -107,6 +123,7 @@ pub fn authenticate_with(
     now: u64,
     cache: &mut VerifiedCache,
     remote: &RemoteKeys,
+    store: &dyn SharedStore,
 ) -> JwtOutcome {
     let mut outcome = JwtOutcome {
         result: Ok(Vec::new()),
@@ -114,6 +131,7 @@ pub fn authenticate_with(
         counters: Vec::new(),
         rule: None,
         refresh: Vec::new(),
+        scheme: challenge::Scheme::Bearer,
     };
     if cfg.bypass_cors_preflight && is_cors_preflight(req) {
         outcome.counters.push(Counter::JwtCorsPreflightBypassed);
@@ -133,13 +151,15 @@ pub fn authenticate_with(
         outcome.header_ops = claim_header_removals(cfg);
         return outcome;
     };
-    let mut eval = Evaluation::new(cfg, req, now, cache, remote);
+    let mut eval = Evaluation::new(cfg, req, now, cache, remote, store);
     let mut result = eval.requirement(requirement);
     let identities: Vec<Identity> = eval.identities();
     if result.is_ok() {
         result = check_claim_rules(rule, &identities);
     }
+    outcome.scheme = eval.scheme();
     outcome.counters.append(&mut eval.counters);
+    outcome.counters.append(&mut eval.binder.counters);
     outcome.refresh = std::mem::take(&mut eval.refresh);
     match result {
         Ok(()) => {
@@ -206,6 +226,9 @@ struct Evaluation<'a> {
     remote: &'a RemoteKeys,
     found: Vec<Option<Result<Option<Found>, JwtError>>>,
     verified: Vec<Option<Result<Arc<Claims>, JwtError>>>,
+    /// Providers whose token's binding (DPoP, certificate) held.
+    bound: Vec<bool>,
+    binder: cnf::Binder<'a>,
     counters: Vec<Counter>,
     refresh: Vec<usize>,
 }
@@ -217,6 +240,7 @@ impl<'a> Evaluation<'a> {
         now: u64,
         cache: &'a mut VerifiedCache,
         remote: &'a RemoteKeys,
+        store: &'a dyn SharedStore,
     ) -> Self {
         let n = cfg.providers.len();
         Evaluation {
@@ -227,6 +251,8 @@ impl<'a> Evaluation<'a> {
             remote,
             found: vec![None; n],
             verified: vec![None; n],
+            bound: vec![false; n],
+            binder: cnf::Binder::new(req, now, store, &cfg.namespace),
             counters: Vec::new(),
             refresh: Vec::new(),
         }
@@ -319,7 +345,52 @@ impl<'a> Evaluation<'a> {
         if !allowed.is_empty() && !claims.aud.iter().any(|a| allowed.contains(a)) {
             return Err(JwtError::AudienceNotAllowed);
         }
+        self.bind(index, provider, &found, &claims)?;
         Ok(claims)
+    }
+
+    /// The token's sender constraint, checked once per provider. A token
+    /// whose binding fails is no identity at all, whatever the requirement.
+    fn bind(
+        &mut self,
+        index: usize,
+        provider: &Provider,
+        found: &Found,
+        claims: &Claims,
+    ) -> Result<(), JwtError> {
+        if self.bound.get(index) == Some(&true) {
+            return Ok(());
+        }
+        match self
+            .binder
+            .check(provider, found.location.is_dpop(), &found.token, claims)
+        {
+            Ok(()) => {
+                if let Some(slot) = self.bound.get_mut(index) {
+                    *slot = true;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(slot) = self.verified.get_mut(index) {
+                    *slot = Some(Err(e.clone()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `DPoP` when a token came with that scheme.
+    fn scheme(&self) -> challenge::Scheme {
+        let dpop = self
+            .found
+            .iter()
+            .any(|f| matches!(f, Some(Ok(Some(found))) if found.location.is_dpop()));
+        if dpop {
+            challenge::Scheme::Dpop
+        } else {
+            challenge::Scheme::Bearer
+        }
     }
 
     fn extract(&mut self, index: usize) -> Result<Option<Found>, JwtError> {
@@ -461,6 +532,13 @@ impl<'a> Evaluation<'a> {
             let Some(Some(Ok(claims))) = self.verified.get(index) else {
                 continue;
             };
+            if !provider.forward
+                && provider.dpop.is_some()
+                && !ops.contains(&HeaderOp::remove("dpop"))
+            {
+                // The proof was for us; it is no use upstream.
+                ops.push(HeaderOp::remove("dpop"));
+            }
             for (header, path) in &provider.claim_to_headers {
                 if let Some(value) = claims.lookup(path).and_then(claims::header_value) {
                     sets.push(HeaderOp::set(header.clone(), value));

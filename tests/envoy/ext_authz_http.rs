@@ -496,17 +496,7 @@ fn the_decision_cache_is_shared_by_the_worker_vms() {
     let port = s.envoy.port("cached");
     // New connections until both workers have served some (Envoy's
     // per-worker listener stats say which), each one a cacheable request.
-    let served_by = |worker: u32| -> u64 {
-        s.envoy
-            .stats()
-            .iter()
-            .filter(|(k, _)| {
-                k.starts_with("listener.127.0.0.1_")
-                    && k.ends_with(&format!("worker_{worker}.downstream_cx_total"))
-            })
-            .map(|(_, v)| *v)
-            .sum()
-    };
+    let served_by = |worker: u32| s.envoy.connections_by_worker(worker);
     let mut sent = 0;
     while (served_by(0) == 0 || served_by(1) == 0) && sent < 200 {
         assert_eq!(

@@ -10,11 +10,13 @@
 )]
 mod config_rejection;
 mod crypto_reference;
+mod dpop;
 mod error_format;
 mod ext_authz_http;
 mod jwks_remote;
 mod jwt_authn;
 mod layering;
+mod mtls;
 mod protected_resource;
 mod robustness;
 mod support;

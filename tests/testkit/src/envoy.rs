@@ -244,6 +244,17 @@ impl Envoy {
         out
     }
 
+    /// Downstream connections worker `worker` accepted, over every listener
+    /// (Envoy's per-worker listener stats): proves which worker VMs served.
+    pub fn connections_by_worker(&self, worker: u32) -> u64 {
+        let suffix = format!("worker_{worker}.downstream_cx_total");
+        self.stats()
+            .iter()
+            .filter(|(k, _)| k.starts_with("listener.127.0.0.1_") && k.ends_with(&suffix))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
     /// A counter of this filter (`jwt_authn.allowed` is `wasmcustom.ai_auth.jwt_authn.allowed`).
     pub fn counter(&self, name: &str) -> u64 {
         self.stats()
