@@ -13,8 +13,10 @@ pub struct CalloutRequest {
     pub timeout: Duration,
 }
 
-/// A reply; `status` is `None` when there was no HTTP answer at all
-/// (timeout, reset, connection refused, a reply that was not HTTP).
+/// A reply; `status` is `None` when there was no valid HTTP answer
+/// (timeout, reset, connection refused, a reply that was not HTTP, a status
+/// outside 100-599 or not a number): every caller handles that as a failed
+/// call, so no invalid status can reach a client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CalloutResponse {
     pub status: Option<u16>,
@@ -29,7 +31,7 @@ impl CalloutResponse {
         let mut rest = Vec::with_capacity(headers.len());
         for (k, v) in headers {
             if k == ":status" {
-                status = v.trim().parse().ok();
+                status = parse_status(&v);
             } else if !k.starts_with(':') {
                 rest.push((k.to_ascii_lowercase(), v));
             }
@@ -47,6 +49,28 @@ impl CalloutResponse {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// An HTTP status as a reply carries it: three digits, 100 to 599. Anything
+/// else (`600`, `1000`, `+200`, `ok`) is `None`, no valid answer.
+pub fn parse_status(text: &str) -> Option<u16> {
+    let text = text.trim();
+    if text.len() != 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|s| (100..=599).contains(s))
+}
+
+/// For the log: a `:status` the host read that is no HTTP status (the reply
+/// is then handled as a failed call), quoted as remote text is.
+pub fn invalid_status_note(raw: Option<&str>) -> Option<String> {
+    let raw = raw?;
+    parse_status(raw).is_none().then(|| {
+        format!(
+            "reply status {} is not an HTTP status (100-599); handled as a failed call",
+            crate::vocab::quote(raw)
+        )
+    })
 }
 
 /// Key-value storage shared by every VM of the plugin (proxy-wasm shared data).
@@ -130,5 +154,33 @@ mod tests {
         assert_eq!(r.header("x-reason"), Some("no"));
         let none = CalloutResponse::from_headers(vec![], vec![]);
         assert_eq!(none.status, None);
+    }
+
+    #[test]
+    fn only_statuses_100_to_599_are_answers() {
+        for valid in ["100", "200", " 404 ", "599"] {
+            assert!(parse_status(valid).is_some(), "{valid}");
+        }
+        for invalid in [
+            "600", "999", "1000", "099", "0", "20", "+200", "-200", "ok", "", "2OO", "65536",
+        ] {
+            assert_eq!(parse_status(invalid), None, "{invalid}");
+            let reply = CalloutResponse::from_headers(
+                vec![(":status".into(), invalid.into())],
+                b"{}".to_vec(),
+            );
+            assert_eq!(reply.status, None, "{invalid}: handled as a failed call");
+        }
+    }
+
+    #[test]
+    fn an_invalid_status_is_logged_short_and_escaped() {
+        assert_eq!(invalid_status_note(None), None);
+        assert_eq!(invalid_status_note(Some("204")), None);
+        let note = invalid_status_note(Some("1000")).unwrap();
+        assert!(note.contains("\"1000\""), "{note}");
+        let hostile = format!("9{}", "\nforged log line".repeat(1000));
+        let note = invalid_status_note(Some(&hostile)).unwrap();
+        assert!(!note.contains('\n') && note.len() < 250, "{note}");
     }
 }

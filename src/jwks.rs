@@ -194,7 +194,11 @@ fn get(remote: &RemoteJwks, authority: &str, path: &str) -> CalloutRequest {
 
 fn body_of(reply: &CalloutResponse, what: &str) -> Result<String, String> {
     match reply.status {
-        None => return Err(format!("{what}: no response (timeout, reset or not HTTP)")),
+        None => {
+            return Err(format!(
+                "{what}: no valid response (timeout, reset, not HTTP, or a status outside 100-599)"
+            ))
+        }
         Some(200) => {}
         Some(s) => return Err(format!("{what}: status {s}")),
     }

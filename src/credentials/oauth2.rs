@@ -350,7 +350,11 @@ impl TokenFetcher {
 /// The token in a reply to a request sent at `sent_at`, and its lifetime.
 fn parse(reply: &CalloutResponse, sent_at: u64) -> Result<(UpstreamToken, u64), String> {
     match reply.status {
-        None => return Err("no response (timeout, reset or not HTTP)".into()),
+        None => {
+            return Err(
+                "no valid response (timeout, reset, not HTTP, or a status outside 100-599)".into(),
+            )
+        }
         Some(200) => {}
         Some(s) => return Err(format!("token endpoint answered {s}")),
     }
@@ -366,7 +370,10 @@ fn parse(reply: &CalloutResponse, sent_at: u64) -> Result<(UpstreamToken, u64), 
         .ok_or("token response has no usable access_token")?;
     if let Some(kind) = doc.get("token_type").and_then(Value::as_str) {
         if !kind.eq_ignore_ascii_case("bearer") {
-            return Err(format!("token_type {kind} is not Bearer"));
+            return Err(format!(
+                "token_type {} is not Bearer",
+                crate::vocab::quote(kind)
+            ));
         }
     }
     // RFC 6749 5.1: expires_in is recommended; without it, assume an hour.
@@ -585,6 +592,23 @@ mod tests {
         }
         assert!(f.due(24).is_empty(), "fifth failure waits the 10 s cap");
         assert_eq!(f.due(25).len(), 1);
+    }
+
+    #[test]
+    fn remote_token_replies_reach_the_log_short_and_escaped() {
+        let mut f = TokenFetcher::new([Some(oauth(json!({})))].into_iter());
+        let kind = format!("mac{}", "\r\n[critical] forged".repeat(400));
+        assert_eq!(f.due(0).len(), 1);
+        let r = reply(200, json!({"access_token": "t", "token_type": kind}));
+        let TokenFetched::Failed(reason) = f.on_reply(0, &r, 0) else {
+            panic!("a token_type other than Bearer must fail");
+        };
+        assert!(
+            reason.starts_with("token_type \"mac\\r\\n[critical]"),
+            "{reason}"
+        );
+        assert!(!reason.contains(['\r', '\n']), "{reason}");
+        assert!(reason.len() < 250, "{} bytes", reason.len());
     }
 
     #[test]

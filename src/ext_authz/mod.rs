@@ -56,7 +56,8 @@ pub enum AuthDecision {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Timeout, reset, connection refused, a reply that was not HTTP.
+    /// Timeout, reset, connection refused, a reply that was not HTTP or
+    /// whose status is not one (outside 100-599).
     NoResponse,
     /// The service answered 5xx.
     ServerError(u16),
@@ -67,7 +68,9 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn describe(self) -> String {
         match self {
-            ErrorKind::NoResponse => "no response (timeout, reset or not HTTP)".into(),
+            ErrorKind::NoResponse => {
+                "no valid response (timeout, reset, not HTTP, or a status outside 100-599)".into()
+            }
             ErrorKind::ServerError(s) => format!("auth service answered {s}"),
             ErrorKind::DispatchFailed => "the call could not be sent".into(),
         }
@@ -175,8 +178,9 @@ impl ExtAuthz {
         }
     }
 
-    /// Maps the auth service's reply to a decision: 2xx allows, 5xx and
-    /// no answer are errors, any other status denies.
+    /// Maps the auth service's reply to a decision: 2xx allows, 3xx and 4xx
+    /// deny, 1xx, 5xx, no answer and any status outside 100-599 are errors
+    /// (only a real denial status is ever sent to the client).
     pub fn decide(&self, reply: &CalloutResponse) -> AuthDecision {
         let Some(status) = reply.status else {
             return AuthDecision::Error(ErrorKind::NoResponse);
@@ -199,8 +203,7 @@ impl ExtAuthz {
                 }
             }
             500..=599 => AuthDecision::Error(ErrorKind::ServerError(status)),
-            100..=199 => AuthDecision::Error(ErrorKind::NoResponse),
-            _ => {
+            300..=499 => {
                 // Envoy: with no allowed_client_headers, every header goes to the client.
                 let headers = reply
                     .headers
@@ -218,6 +221,8 @@ impl ExtAuthz {
                     body: reply.body.clone(),
                 }
             }
+            // 1xx here, or a status `CalloutResponse` would not have let through.
+            _ => AuthDecision::Error(ErrorKind::NoResponse),
         }
     }
 

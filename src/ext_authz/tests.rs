@@ -141,6 +141,23 @@ fn replies_map_to_decisions() {
         authz.decide(&CalloutResponse::default()),
         AuthDecision::Error(ErrorKind::NoResponse)
     );
+    // A status outside 100-599 is never a denial sent to the client: the
+    // reply parser refuses it, and so does `decide` if one got through.
+    for status in ["600", "999", "1000", "ok"] {
+        let parsed = CalloutResponse::from_headers(vec![(":status".into(), status.into())], vec![]);
+        assert_eq!(
+            authz.decide(&parsed),
+            AuthDecision::Error(ErrorKind::NoResponse),
+            "{status}"
+        );
+    }
+    for status in [100, 600, 999, 1000, u16::MAX] {
+        assert_eq!(
+            authz.decide(&reply(status, &[], "")),
+            AuthDecision::Error(ErrorKind::NoResponse),
+            "{status}"
+        );
+    }
 }
 
 #[test]

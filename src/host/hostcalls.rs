@@ -3,7 +3,7 @@
 //! (documented per function); none can panic.
 
 use super::abi::{self, BufferType, HostError, MapType, MetricType, StreamType};
-use crate::callout::{CalloutRequest, SharedStore, StoreWrite};
+use crate::callout::{self, CalloutRequest, SharedStore, StoreWrite};
 use std::time::Duration;
 
 /// Seconds since the Unix epoch by the host's clock; `None` when the host
@@ -118,24 +118,41 @@ pub fn dispatch(request: &CalloutRequest) -> Result<u32, HostError> {
     )
 }
 
+/// Says so when a reply carries a `:status` that is no HTTP status.
+fn note_invalid_status(raw: Option<&str>) {
+    if let Some(note) = callout::invalid_status_note(raw) {
+        log::debug!("ai_auth: callout {note}");
+    }
+}
+
 /// Callout reply headers; values that are not UTF-8 are replaced. Empty
 /// when there was no HTTP answer (the host then has no headers and says
 /// `BadArgument` or `NotFound`).
 pub fn callout_response_headers() -> Vec<(String, String)> {
-    abi::get_map(MapType::HttpCallResponseHeaders)
+    let headers: Vec<(String, String)> = abi::get_map(MapType::HttpCallResponseHeaders)
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-        .collect()
+        .collect();
+    note_invalid_status(
+        headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .map(|(_, v)| v.as_str()),
+    );
+    headers
 }
 
-/// `:status` of the callout reply; `None` when there was no HTTP answer
-/// (the host then has no headers and says `BadArgument` or `NotFound`).
+/// `:status` of the callout reply; `None` when there was no valid HTTP
+/// answer (the host has no headers after a failed call and says
+/// `BadArgument` or `NotFound`; or the status is outside 100-599).
 pub fn callout_status() -> Option<u16> {
-    abi::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+    let raw = abi::get_map_value(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
-        .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok())
+        .map(|v| String::from_utf8_lossy(&v).into_owned())?;
+    note_invalid_status(Some(&raw));
+    callout::parse_status(&raw)
 }
 
 /// Up to `size` bytes of the callout reply body; empty when there is none.

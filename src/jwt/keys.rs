@@ -289,6 +289,19 @@ mod tests {
     }
 
     #[test]
+    fn remote_key_members_reach_the_log_short_and_escaped() {
+        // A hostile JWKS: a curve name of 60 KB with newlines (a forged log
+        // line). The error, logged as the fetch's failure, quotes a prefix.
+        let crv = format!("P-999{}", "\n[critical] forged".repeat(3000));
+        let jwks =
+            serde_json::json!({"keys": [{"kty": "EC", "crv": crv, "x": "AQAB", "y": "AQAB"}]});
+        let err = parse_jwks(&jwks.to_string()).unwrap_err();
+        assert!(err.contains("EC curve \"P-999\\n[critical]"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.len() < 250, "{} bytes", err.len());
+    }
+
+    #[test]
     fn key_alg_must_fit_key_type() {
         let jwks = r#"{"keys": [{"kty": "oct", "alg": "RS256", "k": "c2VjcmV0LWEtc2VjcmV0LWEtc2VjcmV0LWEtc2VjcmV0LWE"}]}"#;
         assert!(parse_jwks(jwks).unwrap_err().contains("does not fit"));

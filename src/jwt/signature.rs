@@ -71,7 +71,12 @@ impl KeyMaterial {
             "P-256" => 32,
             "P-384" => 48,
             "P-521" => 66,
-            other => return Err(format!("EC curve `{other}` is not supported")),
+            other => {
+                return Err(format!(
+                    "EC curve {} is not supported",
+                    crate::vocab::quote(other)
+                ))
+            }
         };
         if x.len() != size || y.len() != size {
             return Err(format!(

@@ -1,14 +1,17 @@
 //! The shared vocabulary of the configuration: errors that name the field,
-//! data sources, durations, header names, `HttpUri`. A leaf: it imports no
+//! data sources, durations, header names, `HttpUri`, and how remote text is
+//! quoted in a log line (`quote`). A leaf: it imports no
 //! stage, and every stage (and `config`, which assembles them) imports it.
 
 pub mod duration;
 mod error;
 mod http_uri;
+mod quote;
 pub mod unique_map;
 
 pub use error::ConfigError;
 pub use http_uri::{split_uri, HttpUri, RawHttpUri};
+pub use quote::{quote, quote_bytes, MAX_QUOTED_CHARS};
 use serde::Deserialize;
 
 /// Where secrets and JWKS given as `environment_variable` are looked up:

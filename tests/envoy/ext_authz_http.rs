@@ -568,3 +568,56 @@ fn chain_jwt_then_passthrough_then_credentials() {
     );
     assert!(!seen.all_text().contains(&token));
 }
+
+#[test]
+fn a_misbehaving_auth_service_gets_the_error_answer_and_the_vm_keeps_serving() {
+    use ai_auth_testkit::misbehaving::{self, vm_failure_lines};
+    // One worker: every request below runs in the same VM.
+    let mut s = Setup::start(vec![
+        ("closed", authz("ext_authz", json!({}))),
+        (
+            "closed_503",
+            authz("ext_authz", json!({"status_on_error": {"code": 503}})),
+        ),
+        (
+            "open",
+            authz(
+                "ext_authz",
+                json!({"failure_mode_allow": true, "failure_mode_allow_header_add": true}),
+            ),
+        ),
+    ]);
+    let timeout = Duration::from_millis(500); // as `authz` configures
+    let mut seen = Vec::new();
+    for kind in misbehaving::ALL {
+        let name = kind.name();
+        let action = kind.action(timeout, br#"{"allowed":true}"#);
+        s.auth.set_handler(move |_| action.clone());
+        let asked = s.auth.count();
+        let closed = s.get("closed", "/v1/models", &[("x-user-id", "mallory")]);
+        let closed_503 = s.get("closed_503", "/v1/models", &[]);
+        s.upstream.clear();
+        let open = s.get("open", "/v1/models", &[("x-user-id", "mallory")]);
+        let allowed_header = s.upstream.last().and_then(|r| {
+            r.header("x-envoy-auth-failure-mode-allowed")
+                .map(String::from)
+        });
+        assert_eq!(s.auth.count(), asked + 3, "{name}: the service was asked");
+        // Then a well-behaved service: the same VM must answer.
+        s.auth.set_handler(|_| Action::status(200));
+        let after = s.get("closed", "/v1/models", &[]);
+        seen.push(format!(
+            "{name}: {} {} {} then {}",
+            closed.status, closed_503.status, open.status, after.status
+        ));
+        assert_eq!(closed.status, 403, "{name}: status_on_error (403)");
+        assert_eq!(closed_503.status, 503, "{name}: status_on_error 503");
+        assert_eq!(open.status, 200, "{name}: failure_mode_allow");
+        assert_eq!(allowed_header.as_deref(), Some("true"), "{name}");
+        assert_eq!(after.status, 200, "{name}: a good request after it");
+    }
+    eprintln!("observed: {seen:#?}");
+    let log = s.envoy.stop();
+    let failures = vm_failure_lines(&log);
+    assert!(failures.is_empty(), "the VM failed: {failures:#?}");
+}

@@ -240,6 +240,29 @@ pub enum Action {
     Close,
     /// Write bytes that are not HTTP, then close.
     Garbage(Vec<u8>),
+    /// Write `bytes` as they are (a status line and headers of our own
+    /// making), then end the connection as `then` says. The misbehaving
+    /// services of `crate::misbehaving` are made of this and `Trickle`.
+    Raw { bytes: Vec<u8>, then: End },
+    /// Write `head`, then `chunk` every `every` until `during` has passed
+    /// or the peer is gone, then close.
+    Trickle {
+        head: Vec<u8>,
+        chunk: Vec<u8>,
+        every: Duration,
+        during: Duration,
+    },
+}
+
+/// How a `Raw` answer ends.
+#[derive(Debug, Clone, Copy)]
+pub enum End {
+    /// Close the connection (FIN).
+    Close,
+    /// Reset the connection (RST: SO_LINGER 0, then close).
+    Reset,
+    /// Say nothing more for this long, then close.
+    Stall(Duration),
 }
 
 impl Action {
@@ -446,6 +469,34 @@ fn serve_connection(
                     }
                     break;
                 }
+                Action::Raw { bytes, then } => {
+                    let _ = writer.write_all(&bytes);
+                    let _ = writer.flush();
+                    match then {
+                        End::Close => {}
+                        End::Reset => reset(&writer),
+                        End::Stall(d) => thread::sleep(d),
+                    }
+                    return;
+                }
+                Action::Trickle {
+                    head,
+                    chunk,
+                    every,
+                    during,
+                } => {
+                    let until = std::time::Instant::now() + during;
+                    if writer.write_all(&head).is_err() {
+                        return;
+                    }
+                    while std::time::Instant::now() < until {
+                        if writer.write_all(&chunk).is_err() {
+                            return;
+                        }
+                        thread::sleep(every);
+                    }
+                    return;
+                }
                 Action::Respond {
                     status,
                     headers,
@@ -493,6 +544,25 @@ fn write_stream(
         writer.flush()?;
     }
     writer.write_all(b"0\r\n\r\n")
+}
+
+/// Makes the coming close a TCP reset rather than an orderly FIN.
+fn reset(conn: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a live, correctly sized option.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 fn reason(status: u16) -> &'static str {

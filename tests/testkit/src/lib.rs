@@ -7,5 +7,6 @@ pub mod envoy;
 pub mod http;
 pub mod keys;
 pub mod loadgen;
+pub mod misbehaving;
 pub mod providers;
 pub mod sdk;
