@@ -4,6 +4,7 @@
 
 use crate::support::*;
 use ai_auth_testkit::http::Action;
+use ai_auth_testkit::misbehaving::{self, vm_failure_lines, Misbehavior};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,32 +15,47 @@ struct Idp {
     jwks: Arc<Mutex<Option<Value>>>,
     /// Delay before answering a JWKS request.
     delay: Arc<Mutex<Duration>>,
+    /// When set, every path answers this way (with its own good body).
+    misbehave: Arc<Mutex<Option<Misbehavior>>>,
 }
+
+/// The callout timeout the misbehaving-IdP test configures.
+const IDP_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Idp {
     fn start(keys: &[&TestKey]) -> Idp {
         let jwks = Arc::new(Mutex::new(Some(jwks_of(keys))));
         let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let misbehave = Arc::new(Mutex::new(None));
         let served = Arc::clone(&jwks);
         let slow = Arc::clone(&delay);
-        let server = Server::start(move |r| match r.path.as_str() {
-            "/realms/ai/.well-known/openid-configuration" => Action::json(
-                200,
-                &json!({"issuer": ISS, "jwks_uri": "http://idp.test/realms/ai/protocol/openid-connect/certs"}),
-            ),
-            "/realms/ai/protocol/openid-connect/certs" | "/jwks" => {
-                let answer = match served.lock().unwrap().clone() {
-                    Some(doc) => Action::json(200, &doc),
-                    None => Action::status(500),
+        let bad = Arc::clone(&misbehave);
+        let server = Server::start(move |r| {
+            let discovery = json!({"issuer": ISS, "jwks_uri": "http://idp.test/realms/ai/protocol/openid-connect/certs"});
+            if let Some(kind) = *bad.lock().unwrap() {
+                let good = match r.path.as_str() {
+                    "/realms/ai/.well-known/openid-configuration" => discovery,
+                    _ => served.lock().unwrap().clone().unwrap_or_default(),
                 };
-                Action::Delay(*slow.lock().unwrap(), Box::new(answer))
+                return Misbehavior::action(kind, IDP_TIMEOUT, good.to_string().as_bytes());
             }
-            _ => Action::status(404),
+            match r.path.as_str() {
+                "/realms/ai/.well-known/openid-configuration" => Action::json(200, &discovery),
+                "/realms/ai/protocol/openid-connect/certs" | "/jwks" => {
+                    let answer = match served.lock().unwrap().clone() {
+                        Some(doc) => Action::json(200, &doc),
+                        None => Action::status(500),
+                    };
+                    Action::Delay(*slow.lock().unwrap(), Box::new(answer))
+                }
+                _ => Action::status(404),
+            }
         });
         Idp {
             server,
             jwks,
             delay,
+            misbehave,
         }
     }
 
@@ -360,4 +376,112 @@ fn keys_are_kept_while_the_idp_fails_and_fetched_once_it_is_back() {
         200
     );
     assert!(envoy.counter("jwt_authn.jwks_fetch_failed") >= 2);
+}
+
+#[test]
+fn a_misbehaving_idp_never_takes_the_gateway_down() {
+    let a = TestKey::ed25519("key-a");
+    let idp = Idp::start(&[&a]);
+    let remote = |uri: &str, discovery: bool| {
+        json!({"http_uri": {"uri": uri, "cluster": "idp", "timeout": "0.5s"},
+               "discovery": discovery, "cache_duration": "1s"})
+    };
+    // One worker: the requests below and its root's fetches share one VM.
+    let (mut envoy, _up) = start(
+        &idp,
+        vec![
+            ("direct", plugin(remote("http://idp.test/jwks", false))),
+            (
+                "discovery",
+                plugin(remote(
+                    "http://idp.test/realms/ai/.well-known/openid-configuration",
+                    true,
+                )),
+            ),
+        ],
+        1,
+    );
+    let token = bearer(&a.sign(&claims()));
+    let get = |listener: &str| {
+        http::get(
+            envoy.port(listener),
+            "/v1/models",
+            &[("authorization", &token)],
+        )
+        .unwrap()
+    };
+    for listener in ["direct", "discovery"] {
+        eventually(Duration::from_secs(10), listener, || get(listener), 200);
+    }
+    let mut seen = Vec::new();
+    for kind in misbehaving::ALL {
+        let name = kind.name();
+        let failed = envoy.counter("jwt_authn.jwks_fetch_failed");
+        *idp.misbehave.lock().unwrap() = Some(kind);
+        // Both listeners' fetches (JWKS directly; discovery's first step)
+        // fail, in every VM, at least twice; meanwhile the keys already
+        // loaded keep serving.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut statuses = Vec::new();
+        while envoy.counter("jwt_authn.jwks_fetch_failed") < failed + 4 {
+            assert!(Instant::now() < deadline, "{name}: fetches did not fail");
+            statuses.push(get("direct").status);
+            statuses.push(get("discovery").status);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        statuses.push(get("direct").status);
+        statuses.push(get("discovery").status);
+        seen.push(format!("{name}: {statuses:?}"));
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "{name}: loaded keys must keep serving: {statuses:?}"
+        );
+        // Back to a good IdP: fetched again (which also ends the backoff).
+        let fetched = envoy.counter("jwt_authn.jwks_fetch_success");
+        *idp.misbehave.lock().unwrap() = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while envoy.counter("jwt_authn.jwks_fetch_success") < fetched + 2 {
+            assert!(Instant::now() < deadline, "{name}: no fetch after it");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!("observed: {seen:#?}");
+    // A hostile document: a curve name of 30 KB that forges log lines. The
+    // fetch fails (logged), the keys held keep serving.
+    let failed = envoy.counter("jwt_authn.jwks_fetch_failed");
+    let forged = "\n[2099-01-01 00:00:00.000][1][critical][main] forged line".repeat(500);
+    *idp.jwks.lock().unwrap() = Some(json!({"keys": [
+        {"kty": "EC", "crv": format!("P-999{forged}"), "x": "AQAB", "y": "AQAB", "kid": "bad"}]}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while envoy.counter("jwt_authn.jwks_fetch_failed") < failed + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the hostile JWKS was not fetched"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get("direct").status, 200);
+    assert_eq!(get("discovery").status, 200);
+    let log = envoy.stop();
+    let failures = vm_failure_lines(&log);
+    assert!(failures.is_empty(), "the VM failed: {failures:#?}");
+    // Remote text reaches the log only quoted, escaped and short.
+    let forged_lines = log
+        .lines()
+        .filter(|l| l.contains("forged line") && !l.contains("wasm log"))
+        .count();
+    assert_eq!(forged_lines, 0, "remote text forged log lines");
+    let quoted = log
+        .lines()
+        .find(|l| l.contains("EC curve"))
+        .unwrap_or_default();
+    assert!(
+        quoted.contains("\"P-999\\n[2099"),
+        "the curve is quoted, escaped: {quoted}"
+    );
+    assert!(
+        quoted.len() < 600,
+        "the line stays short: {} bytes",
+        quoted.len()
+    );
 }

@@ -562,3 +562,163 @@ fn oauth2_client_credentials_tokens_are_fetched_shared_and_injected() {
         }
     }
 }
+
+#[test]
+fn a_misbehaving_token_endpoint_never_takes_the_gateway_down() {
+    use ai_auth_testkit::http::Action;
+    use ai_auth_testkit::misbehaving::{self, vm_failure_lines, Misbehavior};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    // One backend per kind (`/k0/`...), each with its own token endpoint
+    // path, and a well-behaved one (`/good/`) that must keep serving.
+    let kinds = misbehaving::ALL;
+    let bad = Arc::new(AtomicBool::new(true));
+    let issued: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let forged = "\r\n[2099-01-01 00:00:00.000][1][critical][main] forged line".repeat(200);
+    let (misbehaving, tokens) = (Arc::clone(&bad), Arc::clone(&issued));
+    let endpoint = Server::start(move |r| {
+        let backend = r
+            .path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let n = {
+            let mut issued = tokens.lock().unwrap();
+            let n = issued.entry(backend.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        let good = json!({"access_token": format!("tok-{backend}-{n}"), "token_type": "Bearer", "expires_in": 3600});
+        let kind: Option<Misbehavior> = backend
+            .strip_prefix('k')
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| kinds.get(i).copied());
+        match kind {
+            Some(kind) if misbehaving.load(Ordering::SeqCst) => {
+                kind.action(TIMEOUT, good.to_string().as_bytes())
+            }
+            // A reply that parses but must not be used, quoted in the log.
+            None if backend == "hostile" && misbehaving.load(Ordering::SeqCst) => Action::json(
+                200,
+                &json!({"access_token": "t", "token_type": format!("mac{forged}")}),
+            ),
+            _ => Action::json(200, &good),
+        }
+    });
+    let provider = Server::recorder();
+    let mut backends = serde_json::Map::new();
+    let mut routes = Vec::new();
+    let names: Vec<String> = (0..kinds.len())
+        .map(|i| format!("k{i}"))
+        .chain(["hostile".to_string(), "good".to_string()])
+        .collect();
+    for name in &names {
+        backends.insert(
+            name.clone(),
+            json!({"scheme": "bearer", "oauth2": {
+                "token_uri": {"uri": format!("https://login.test/{name}/token"), "cluster": "entra", "timeout": "0.5s"},
+                "client_id": "gateway-app",
+                "client_secret": {"inline_string": "s3cret"}}}),
+        );
+        routes.push(json!({"match": {"prefix": format!("/{name}/")}, "backend": name}));
+    }
+    let plugin = json!({"upstream_credentials": {"backends": backends, "routes": routes}});
+    let boot = bootstrap::bootstrap(
+        vec![bootstrap::listener(
+            "main",
+            vec![bootstrap::wasm_filter(&plugin)],
+            vec![bootstrap::route_to("upstream")],
+        )],
+        vec![
+            bootstrap::cluster("upstream", provider.port),
+            bootstrap::cluster("entra", endpoint.port),
+        ],
+    );
+    // One worker: the requests below and its root's fetches share one VM.
+    let mut envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
+    let port = envoy.port("main");
+    let post = |backend: &str| http::post_json(port, &format!("/{backend}/chat/completions"), &[]);
+    // While every endpoint but `good` misbehaves (each VM fails at least
+    // twice per backend, with backoff), `good` serves and the others get
+    // 503 with Retry-After: no token, so none is sent.
+    let requests_for = |name: &str| {
+        endpoint
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with(&format!("/{name}/")))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while post("good").status != 200 {
+        assert!(Instant::now() < deadline, "no token for the good backend");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut during = Vec::new();
+    while names.iter().any(|n| n != "good" && requests_for(n) < 4) {
+        assert!(Instant::now() < deadline, "token requests were not retried");
+        let good = post("good");
+        assert_eq!(
+            good.status, 200,
+            "the well-behaved backend must keep serving"
+        );
+        for name in names.iter().filter(|n| *n != "good") {
+            let r = post(name);
+            assert_eq!(r.status, 503, "{name}: no token yet: {}", r.text());
+            assert_eq!(r.header("retry-after"), Some("1"), "{name}");
+            during.push(r.status);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bad.store(false, Ordering::SeqCst);
+    // Recovered: every backend gets a token its endpoint issued.
+    let mut after = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let label = kinds.get(i).map_or(name.clone(), |k| k.name());
+        loop {
+            let r = post(name);
+            if r.status == 200 {
+                let auth = provider
+                    .last()
+                    .unwrap()
+                    .header("authorization")
+                    .map(String::from);
+                assert!(
+                    auth.as_deref()
+                        .is_some_and(|a| a.starts_with(&format!("Bearer tok-{name}-"))),
+                    "{label}: {auth:?}"
+                );
+                after.push(format!("{label}: 200"));
+                break;
+            }
+            assert_eq!(r.status, 503, "{label}: {}", r.text());
+            assert!(
+                Instant::now() < deadline,
+                "{label}: no token after recovery"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!(
+        "observed during: {} answers, all 503; after: {after:#?}",
+        during.len()
+    );
+    let log = envoy.stop();
+    let failures = vm_failure_lines(&log);
+    assert!(failures.is_empty(), "the VM failed: {failures:#?}");
+    let forged_lines = log
+        .lines()
+        .filter(|l| l.contains("forged line") && !l.contains("wasm log"))
+        .count();
+    assert_eq!(forged_lines, 0, "remote text forged log lines");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("token_type \"mac\\r\\n[2099")),
+        "the token_type is quoted, escaped"
+    );
+}
