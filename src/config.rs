@@ -4,7 +4,7 @@
 //! One section per stage, run in this order for each request:
 //! `jwt_authn`, then `ext_authz` (passthrough), then `upstream_credentials`.
 
-use crate::vocab::{ConfigError, Environment};
+use crate::vocab::{parse_json, ConfigError, Environment};
 
 use crate::credentials::{RawUpstreamCredentials, UpstreamCredentials};
 use crate::ext_authz::config::RawExtAuthz;
@@ -49,23 +49,7 @@ impl FilterConfig {
                 "the plugin configuration is empty; set at least one of jwt_authn, ext_authz, upstream_credentials",
             ));
         }
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawFilterConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let inner = e.inner();
-            if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-                // Where the JSON breaks is the useful part: keep line and column.
-                return ConfigError::new("", format!("not valid JSON: {inner}"));
-            }
-            let path = e.path().to_string();
-            let path = if path == "." || path == "?" {
-                String::new()
-            } else {
-                path
-            };
-            ConfigError::new(path, clean_serde_message(&inner.to_string()))
-        })?;
-        de.end()
-            .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+        let raw: RawFilterConfig = parse_json(bytes)?;
         let namespace: String = Sha256::digest(bytes)
             .iter()
             .take(6)
@@ -123,14 +107,6 @@ impl FilterConfig {
                     .and_then(|u| u.error_format_for(req))
             })
             .unwrap_or(self.error_format)
-    }
-}
-
-/// serde_json appends " at line 1 column 42"; the field path says more.
-fn clean_serde_message(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message.get(..i).unwrap_or(message).to_string(),
-        None => message.to_string(),
     }
 }
 

@@ -112,6 +112,8 @@ pub struct InFlight {
     /// The upstream tokens as they were when the request came, and the clock.
     tokens: Vec<Option<Arc<UpstreamToken>>>,
     now: u64,
+    /// Filter state for access logs, set with the next decision.
+    properties: Vec<(&'static str, String)>,
 }
 
 impl InFlight {
@@ -137,7 +139,7 @@ impl InFlight {
             step,
             counters: std::mem::take(&mut self.counters),
             log: self.log.join("; "),
-            properties: Vec::new(),
+            properties: std::mem::take(&mut self.properties),
             response_headers: Vec::new(),
             jwks_refresh: std::mem::take(&mut self.jwks_refresh),
         }
@@ -197,6 +199,7 @@ fn run(
         jwks_refresh: Vec::new(),
         tokens: state.upstream_tokens.clone(),
         now,
+        properties: Vec::new(),
     };
     if let Some(jwt_cfg) = &cfg.jwt_authn {
         if let Some(doc) = jwt_cfg.resource_metadata(&flight.req) {
@@ -238,6 +241,11 @@ fn run(
                         who.join(",")
                     )
                 });
+                if let Some(caller) = identities.iter().find_map(|i| i.caller()) {
+                    flight
+                        .properties
+                        .push((jwt::CALLER_PROPERTY, jwt::loggable(caller)));
+                }
                 flight.identities = identities;
                 flight.req.apply(&outcome.header_ops);
                 flight.ops.extend(outcome.header_ops);
@@ -404,13 +412,12 @@ fn apply_decision(
 
 /// Stage 3 and the final step.
 fn finish(cfg: &FilterConfig, flight: &mut InFlight) -> Decision {
-    let mut properties = Vec::new();
     if let Some(creds) = &cfg.upstream_credentials {
         match creds.plan(&flight.req, &flight.identities, &flight.tokens, flight.now) {
             CredentialOutcome::Inject { ops, backend } => {
                 flight.counters.push(Counter::CredentialsInjected);
                 flight.note(|| format!("upstream_credentials: backend={backend}"));
-                properties.push((BACKEND_PROPERTY, backend));
+                flight.properties.push((BACKEND_PROPERTY, backend));
                 flight.ops.extend(ops);
             }
             CredentialOutcome::PassThrough => {
@@ -425,7 +432,5 @@ fn finish(cfg: &FilterConfig, flight: &mut InFlight) -> Decision {
         }
     }
     let ops = std::mem::take(&mut flight.ops);
-    let mut d = flight.decision(cfg, Step::Continue(ops));
-    d.properties = properties;
-    d
+    flight.decision(cfg, Step::Continue(ops))
 }

@@ -63,16 +63,16 @@ impl Fetcher {
             slots: cfg
                 .providers
                 .iter()
-                .map(|p| match &p.keys {
-                    ProviderKeys::Remote(r) => Some(Slot {
+                .map(|p| match p.jwt().map(|j| (j, &j.keys)) {
+                    Some((jwt, ProviderKeys::Remote(r))) => Some(Slot {
                         remote: r.clone(),
-                        issuer: p.issuer.clone(),
+                        issuer: jwt.issuer.clone(),
                         next_attempt: 0,
                         failures: 0,
                         in_flight: None,
                         last_forced: None,
                     }),
-                    ProviderKeys::Local(_) => None,
+                    _ => None,
                 })
                 .collect(),
         }

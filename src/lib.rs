@@ -14,6 +14,7 @@
 //!
 //! Everything but `host` is plain Rust with native unit tests.
 
+pub mod apikeys;
 pub mod callout;
 pub mod config;
 pub mod credentials;

@@ -33,10 +33,14 @@ pub enum Counter {
     DpopReplayCacheFull,
     CertificateBoundVerified,
     SenderConstraintFailed,
+    ApiKeyValid,
+    ApiKeyUnknown,
+    ApiKeyExpired,
+    ApiKeyMissing,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 30] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -63,6 +67,10 @@ impl Counter {
         Counter::DpopReplayCacheFull,
         Counter::CertificateBoundVerified,
         Counter::SenderConstraintFailed,
+        Counter::ApiKeyValid,
+        Counter::ApiKeyUnknown,
+        Counter::ApiKeyExpired,
+        Counter::ApiKeyMissing,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -94,6 +102,10 @@ impl Counter {
             Counter::DpopReplayCacheFull => "jwt_authn.dpop_replay_cache_full",
             Counter::CertificateBoundVerified => "jwt_authn.certificate_bound_verified",
             Counter::SenderConstraintFailed => "jwt_authn.sender_constraint_failed",
+            Counter::ApiKeyValid => "jwt_authn.api_key_valid",
+            Counter::ApiKeyUnknown => "jwt_authn.api_key_unknown",
+            Counter::ApiKeyExpired => "jwt_authn.api_key_expired",
+            Counter::ApiKeyMissing => "jwt_authn.api_key_missing",
         }
     }
 

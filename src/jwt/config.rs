@@ -7,6 +7,8 @@ use super::cnf::{CertificateBound, RawCertificateBound};
 use super::dpop::{Dpop, RawDpop};
 use super::keys::{parse_jwks, KeySet};
 use super::protected_resource::{Facts, ProtectedResource, RawProtectedResource};
+use crate::apikeys::config::RawApiKey;
+use crate::apikeys::ApiKeys;
 use crate::request::RequestView;
 use crate::response::{is_valid_header_value, ErrorFormat};
 use crate::route::{RawRouteMatch, RouteMatch};
@@ -46,9 +48,16 @@ struct RawCacheConfig {
     jwt_max_token_size: Option<usize>,
 }
 
+/// A provider's wire form. Which of `local_jwks` / `remote_jwks` /
+/// `api_keys` (or `api_keys_from`) is set says its kind; token locations,
+/// `forward` and `claim_to_headers` apply to every kind.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
+    /// Gateway-issued API keys, as hashes (an API key provider).
+    api_keys: Option<Vec<RawApiKey>>,
+    /// The same list, from an environment variable holding JSON.
+    api_keys_from: Option<DataSource>,
     issuer: Option<String>,
     #[serde(default)]
     audiences: Vec<String>,
@@ -195,25 +204,53 @@ pub struct RemoteJwks {
     pub discovery: bool,
 }
 
+/// A provider: where its credential is, what to do with it, and its kind.
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
-    pub issuer: Option<String>,
-    pub audiences: Vec<String>,
-    pub keys: ProviderKeys,
     pub locations: Vec<Location>,
     pub forward: bool,
-    pub clock_skew: u64,
-    pub require_expiration: bool,
-    pub max_lifetime: Option<u64>,
     /// (header name, claim path)
     pub claim_to_headers: Vec<(String, Vec<String>)>,
-    pub forward_payload_header: Option<String>,
     /// The URL of the provider's own RFC 9728 document, used by the rules
     /// that require it and publish none of their own.
     pub resource_metadata: Option<String>,
     pub dpop: Option<Dpop>,
     pub certificate_bound: Option<CertificateBound>,
+    pub kind: ProviderKind,
+}
+
+/// How a provider judges the credential found in its locations. Each kind
+/// turns a credential into claims; everything after (requirements, claim
+/// rules and headers, the later stages) works on the claims alone.
+#[derive(Debug)]
+pub enum ProviderKind {
+    /// A JWT verified with the provider's keys.
+    Jwt(JwtProvider),
+    /// A gateway-issued API key, looked up by its hash (`crate::apikeys`).
+    ApiKeys(ApiKeys),
+}
+
+/// What a JWT provider checks beyond the signature.
+#[derive(Debug)]
+pub struct JwtProvider {
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub keys: ProviderKeys,
+    pub clock_skew: u64,
+    pub require_expiration: bool,
+    pub max_lifetime: Option<u64>,
+    pub forward_payload_header: Option<String>,
+}
+
+impl Provider {
+    /// The JWT settings, for a JWT provider.
+    pub fn jwt(&self) -> Option<&JwtProvider> {
+        match &self.kind {
+            ProviderKind::Jwt(j) => Some(j),
+            ProviderKind::ApiKeys(_) => None,
+        }
+    }
 }
 
 /// What these providers tell RFC 9728 metadata about themselves.
@@ -231,7 +268,7 @@ fn facts_of(providers: &[&Provider]) -> Facts {
 
 impl Provider {
     fn add_facts(&self, facts: &mut Facts) {
-        if let Some(iss) = &self.issuer {
+        if let Some(iss) = self.jwt().and_then(|j| j.issuer.as_ref()) {
             facts.add_issuer(iss);
         }
         for location in &self.locations {
@@ -347,7 +384,6 @@ impl JwtAuthn {
             }
             providers.push(provider);
         }
-        let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
         let mut rules = Vec::new();
         for (i, r) in raw.rules.into_iter().enumerate() {
             let path = format!("rules[{i}]");
@@ -355,7 +391,8 @@ impl JwtAuthn {
             let requirement = r
                 .requires
                 .map(|req| {
-                    compile_requirement(req, &names).map_err(|e| e.under("requires").under(&path))
+                    compile_requirement(req, &providers)
+                        .map_err(|e| e.under("requires").under(&path))
                 })
                 .transpose()?;
             let claim_rules = r
@@ -460,12 +497,160 @@ impl JwtAuthn {
 
 fn compile_provider(
     name: &str,
-    p: RawProvider,
+    mut p: RawProvider,
     env: &dyn Environment,
 ) -> Result<Provider, ConfigError> {
     if name.is_empty() {
         return Err(ConfigError::new("", "provider name must not be empty"));
     }
+    let is_api_key = p.api_keys.is_some() || p.api_keys_from.is_some();
+    let mut locations = compile_locations(&p, is_api_key)?;
+    let dpop = p
+        .dpop
+        .take()
+        .map(|d| Dpop::compile(d).map_err(|e| e.under("dpop")))
+        .transpose()?;
+    if dpop.is_some() {
+        // RFC 9449 7.1: a DPoP-bound token comes as `Authorization: DPoP`.
+        locations.insert(
+            0,
+            Location::Header {
+                name: "authorization".into(),
+                prefix: Some("DPoP ".into()),
+            },
+        );
+    }
+    let mut claim_to_headers = Vec::new();
+    for (i, c) in p.claim_to_headers.iter().enumerate() {
+        let header = header_name(
+            &c.header_name,
+            &format!("claim_to_headers[{i}].header_name"),
+        )?;
+        if c.claim_name.is_empty() || c.claim_name.split('.').any(str::is_empty) {
+            return Err(ConfigError::new(
+                format!("claim_to_headers[{i}].claim_name"),
+                "must be a claim name or a dotted path such as `realm_access.roles`",
+            ));
+        }
+        claim_to_headers.push((
+            header,
+            c.claim_name.split('.').map(str::to_string).collect(),
+        ));
+    }
+    let forward = p.forward;
+    let certificate_bound = p
+        .certificate_bound_tokens
+        .take()
+        .map(CertificateBound::compile);
+    let kind = if is_api_key {
+        refuse_jwt_fields(&p, dpop.is_some(), certificate_bound.is_some())?;
+        ProviderKind::ApiKeys(crate::apikeys::config::compile(
+            p.api_keys.take(),
+            p.api_keys_from.take(),
+            env,
+        )?)
+    } else {
+        ProviderKind::Jwt(compile_jwt(p, env)?)
+    };
+    Ok(Provider {
+        name: name.to_string(),
+        locations,
+        forward,
+        claim_to_headers,
+        resource_metadata: None,
+        dpop,
+        certificate_bound,
+        kind,
+    })
+}
+
+/// An API key provider has no issuer, keys, token times nor sender
+/// constraints: a JWT field set on it is a mistake worth naming.
+fn refuse_jwt_fields(
+    p: &RawProvider,
+    dpop: bool,
+    certificate_bound: bool,
+) -> Result<(), ConfigError> {
+    let set = [
+        ("issuer", p.issuer.is_some()),
+        ("audiences", !p.audiences.is_empty()),
+        ("local_jwks", p.local_jwks.is_some()),
+        ("remote_jwks", p.remote_jwks.is_some()),
+        ("clock_skew_seconds", p.clock_skew_seconds.is_some()),
+        ("require_expiration", p.require_expiration),
+        ("max_lifetime", p.max_lifetime.is_some()),
+        ("forward_payload_header", p.forward_payload_header.is_some()),
+        ("dpop", dpop),
+        ("certificate_bound_tokens", certificate_bound),
+    ];
+    match set.iter().find(|(_, is_set)| *is_set) {
+        Some((field, _)) => Err(ConfigError::new(
+            *field,
+            "is a JWT provider field; this provider has api_keys",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Where the provider looks for its credential. Defaults: for a JWT,
+/// Envoy's (`Authorization: Bearer`, then `?access_token=`); for API keys,
+/// `Authorization: Bearer` (the `openai` SDK) then `x-api-key` (Anthropic's).
+fn compile_locations(p: &RawProvider, is_api_key: bool) -> Result<Vec<Location>, ConfigError> {
+    let mut locations = Vec::new();
+    for (i, h) in p.from_headers.iter().enumerate() {
+        let name = header_name(&h.name, &format!("from_headers[{i}].name"))?;
+        locations.push(Location::Header {
+            name,
+            prefix: h.value_prefix.clone().filter(|v| !v.is_empty()),
+        });
+    }
+    for (i, param) in p.from_params.iter().enumerate() {
+        if param.is_empty() {
+            return Err(ConfigError::new(
+                format!("from_params[{i}]"),
+                "must not be empty",
+            ));
+        }
+        locations.push(Location::Param(param.clone()));
+    }
+    for (i, cookie) in p.from_cookies.iter().enumerate() {
+        if cookie.is_empty() || cookie.contains([';', '=', ' ']) {
+            return Err(ConfigError::new(
+                format!("from_cookies[{i}]"),
+                "is not a valid cookie name",
+            ));
+        }
+        locations.push(Location::Cookie(cookie.clone()));
+    }
+    if locations.is_empty() {
+        locations.push(Location::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        });
+        locations.push(if is_api_key {
+            Location::Header {
+                name: "x-api-key".into(),
+                prefix: None,
+            }
+        } else {
+            Location::Param("access_token".into())
+        });
+    }
+    if let Some(prefix) = locations.iter().find_map(|l| match l {
+        Location::Header {
+            prefix: Some(p), ..
+        } => (!is_valid_header_value(p)).then_some(p),
+        _ => None,
+    }) {
+        return Err(ConfigError::new(
+            "from_headers",
+            format!("value_prefix {prefix:?} has control characters"),
+        ));
+    }
+    Ok(locations)
+}
+
+fn compile_jwt(p: RawProvider, env: &dyn Environment) -> Result<JwtProvider, ConfigError> {
     if let Some(iss) = &p.issuer {
         if iss.is_empty() {
             return Err(ConfigError::new("issuer", "must not be empty when set"));
@@ -495,93 +680,15 @@ fn compile_provider(
         (None, None) => {
             return Err(ConfigError::new(
                 "local_jwks",
-                "a provider needs its keys: set local_jwks or remote_jwks",
+                "a provider needs its keys: set local_jwks or remote_jwks (a JWT provider), or api_keys / api_keys_from (an API key provider)",
             ))
         }
     };
-
-    let mut locations = Vec::new();
-    for (i, h) in p.from_headers.iter().enumerate() {
-        let name = header_name(&h.name, &format!("from_headers[{i}].name"))?;
-        locations.push(Location::Header {
-            name,
-            prefix: h.value_prefix.clone().filter(|v| !v.is_empty()),
-        });
-    }
-    for (i, param) in p.from_params.iter().enumerate() {
-        if param.is_empty() {
-            return Err(ConfigError::new(
-                format!("from_params[{i}]"),
-                "must not be empty",
-            ));
-        }
-        locations.push(Location::Param(param.clone()));
-    }
-    for (i, cookie) in p.from_cookies.iter().enumerate() {
-        if cookie.is_empty() || cookie.contains([';', '=', ' ']) {
-            return Err(ConfigError::new(
-                format!("from_cookies[{i}]"),
-                "is not a valid cookie name",
-            ));
-        }
-        locations.push(Location::Cookie(cookie.clone()));
-    }
-    if locations.is_empty() {
-        // Envoy's default: `Authorization: Bearer <token>`, then `?access_token=`.
-        locations.push(Location::Header {
-            name: "authorization".into(),
-            prefix: Some("Bearer ".into()),
-        });
-        locations.push(Location::Param("access_token".into()));
-    }
-    let dpop = p
-        .dpop
-        .map(|d| Dpop::compile(d).map_err(|e| e.under("dpop")))
-        .transpose()?;
-    if dpop.is_some() {
-        // RFC 9449 7.1: a DPoP-bound token comes as `Authorization: DPoP`.
-        locations.insert(
-            0,
-            Location::Header {
-                name: "authorization".into(),
-                prefix: Some("DPoP ".into()),
-            },
-        );
-    }
-
-    let mut claim_to_headers = Vec::new();
-    for (i, c) in p.claim_to_headers.iter().enumerate() {
-        let header = header_name(
-            &c.header_name,
-            &format!("claim_to_headers[{i}].header_name"),
-        )?;
-        if c.claim_name.is_empty() || c.claim_name.split('.').any(str::is_empty) {
-            return Err(ConfigError::new(
-                format!("claim_to_headers[{i}].claim_name"),
-                "must be a claim name or a dotted path such as `realm_access.roles`",
-            ));
-        }
-        claim_to_headers.push((
-            header,
-            c.claim_name.split('.').map(str::to_string).collect(),
-        ));
-    }
     let forward_payload_header = p
         .forward_payload_header
         .as_deref()
         .map(|h| header_name(h, "forward_payload_header"))
         .transpose()?;
-    if let Some(prefix) = locations.iter().find_map(|l| match l {
-        Location::Header {
-            prefix: Some(p), ..
-        } => (!is_valid_header_value(p)).then_some(p),
-        _ => None,
-    }) {
-        return Err(ConfigError::new(
-            "from_headers",
-            format!("value_prefix {prefix:?} has control characters"),
-        ));
-    }
     let max_lifetime = p.max_lifetime.map(|d| d.as_secs());
     if max_lifetime == Some(0) {
         return Err(ConfigError::new(
@@ -589,21 +696,14 @@ fn compile_provider(
             "must be at least one second",
         ));
     }
-    Ok(Provider {
-        name: name.to_string(),
+    Ok(JwtProvider {
         issuer: p.issuer,
         audiences: p.audiences,
         keys,
-        locations,
-        forward: p.forward,
         clock_skew: p.clock_skew_seconds.unwrap_or(60),
         require_expiration: p.require_expiration,
         max_lifetime,
-        claim_to_headers,
         forward_payload_header,
-        resource_metadata: None,
-        dpop,
-        certificate_bound: p.certificate_bound_tokens.map(CertificateBound::compile),
     })
 }
 
@@ -722,14 +822,20 @@ fn compile_remote(raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
     })
 }
 
-fn compile_requirement(raw: RawRequirement, names: &[&str]) -> Result<Requirement, ConfigError> {
+fn compile_requirement(
+    raw: RawRequirement,
+    providers: &[Provider],
+) -> Result<Requirement, ConfigError> {
     let find = |field: &str, name: &str| {
-        names.iter().position(|n| *n == name).ok_or_else(|| {
-            ConfigError::new(
-                field,
-                format!("provider `{name}` is not defined in providers"),
-            )
-        })
+        providers
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    field,
+                    format!("provider `{name}` is not defined in providers"),
+                )
+            })
     };
     let list = |field: &str, l: RawRequirementList| -> Result<Vec<Requirement>, ConfigError> {
         if l.requirements.is_empty() {
@@ -742,7 +848,7 @@ fn compile_requirement(raw: RawRequirement, names: &[&str]) -> Result<Requiremen
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                compile_requirement(r, names)
+                compile_requirement(r, providers)
                     .map_err(|e| e.under(&format!("{field}.requirements[{i}]")))
             })
             .collect()
@@ -761,8 +867,18 @@ fn compile_requirement(raw: RawRequirement, names: &[&str]) -> Result<Requiremen
                 "must not be empty",
             ));
         }
+        let provider = find("provider_and_audiences.provider_name", &pa.provider_name)?;
+        if providers.get(provider).is_some_and(|p| p.jwt().is_none()) {
+            return Err(ConfigError::new(
+                "provider_and_audiences.provider_name",
+                format!(
+                    "provider `{}` has API keys, which have no audience; use provider_name",
+                    pa.provider_name
+                ),
+            ));
+        }
         set.push(Requirement::Provider {
-            provider: find("provider_and_audiences.provider_name", &pa.provider_name)?,
+            provider,
             audiences: Some(pa.audiences),
         });
     }

@@ -46,6 +46,12 @@ pub enum JwtError {
     /// as a bearer token, a certificate-bound one over the wrong (or no)
     /// client certificate, or an unbound one where binding is required.
     SenderConstraint(&'static str),
+    /// No API key in any location of an API key provider.
+    ApiKeyMissing,
+    /// Not the hash of any key of the API key provider.
+    ApiKeyUnknown,
+    /// A configured API key past its `expires_at`.
+    ApiKeyExpired,
 }
 
 /// What a failure turns into on the wire.
@@ -81,6 +87,9 @@ impl JwtError {
             JwtError::ClaimRuleFailed(claim) => format!("claim {claim} does not satisfy the rule"),
             JwtError::InvalidDpopProof(why) => format!("DPoP proof is invalid: {why}"),
             JwtError::SenderConstraint(why) => (*why).to_string(),
+            JwtError::ApiKeyMissing => "API key is missing".into(),
+            JwtError::ApiKeyUnknown => "API key is not valid".into(),
+            JwtError::ApiKeyExpired => "API key is expired".into(),
         }
     }
 
@@ -107,13 +116,16 @@ impl JwtError {
             JwtError::ClaimRuleFailed(_) => "claim_rule_failed",
             JwtError::InvalidDpopProof(_) => "invalid_dpop_proof",
             JwtError::SenderConstraint(_) => "sender_constraint",
+            JwtError::ApiKeyMissing => "missing",
+            JwtError::ApiKeyUnknown => "api_key_unknown",
+            JwtError::ApiKeyExpired => "api_key_expired",
         }
     }
 
     /// The one place that maps a reason to status and RFC 6750 error code.
     pub fn denial(&self) -> Denial {
         let (status, error) = match self {
-            JwtError::Missing => (401, None),
+            JwtError::Missing | JwtError::ApiKeyMissing => (401, None),
             JwtError::AudienceNotAllowed => (403, Some("invalid_token")),
             JwtError::ClaimRuleFailed(_) => (403, Some("insufficient_scope")),
             JwtError::InvalidDpopProof(_) => (401, Some("invalid_dpop_proof")),
@@ -129,7 +141,15 @@ impl JwtError {
     /// True for failures a token could not have caused on its own: used to
     /// choose which error to report when several providers failed.
     pub fn is_missing(&self) -> bool {
-        matches!(self, JwtError::Missing)
+        matches!(self, JwtError::Missing | JwtError::ApiKeyMissing)
+    }
+
+    /// The credential may belong to another provider that reads the same
+    /// location (a JWT of another issuer, a JWT where an API key provider
+    /// also looks): under `allow_missing` it fails only when no provider
+    /// accepts anything.
+    pub fn is_not_for_this_provider(&self) -> bool {
+        matches!(self, JwtError::UnknownIssuer | JwtError::ApiKeyUnknown)
     }
 }
 

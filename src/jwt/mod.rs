@@ -18,22 +18,50 @@ pub mod rsa;
 pub mod signature;
 pub mod token;
 
+use crate::apikeys::{ApiKeys, Rejection};
 use crate::callout::SharedStore;
 use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
 use cache::VerifiedCache;
-use config::{JwtAuthn, Location, Provider, ProviderKeys, Requirement, Rule};
+use config::{
+    JwtAuthn, JwtProvider, Location, Provider, ProviderKeys, ProviderKind, Requirement, Rule,
+};
 use error::JwtError;
 use keys::KeySet;
 use std::sync::Arc;
 use token::Claims;
 
-/// A token verified by a provider.
+/// Filter state key (`wasm.ai_auth.caller` in access logs): who called, for
+/// cost attribution: the API key's name or the JWT's `sub`, never a credential.
+pub const CALLER_PROPERTY: &str = "ai_auth.caller";
+
+/// A value from a client or a claim, fit for a log line: printable, at most
+/// 256 bytes.
+pub fn loggable(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| !c.is_control())
+        .scan(0, |len, c| {
+            *len += c.len_utf8();
+            (*len <= 256).then_some(c)
+        })
+        .collect()
+}
+
+/// A credential verified by a provider: a JWT, or an API key.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub provider: String,
     pub claims: Arc<Claims>,
+}
+
+impl Identity {
+    /// Who is calling, for cost attribution: the JWT's `sub`, or the API
+    /// key's name (an API key's claims carry it as `sub` too).
+    pub fn caller(&self) -> Option<&str> {
+        self.claims.sub.as_deref()
+    }
 }
 
 /// The JWT stage's answer for one request.
@@ -202,7 +230,7 @@ fn claim_header_removals(cfg: &JwtAuthn) -> Vec<HeaderOp> {
         for (header, _) in &p.claim_to_headers {
             ops.push(HeaderOp::remove(header.clone()));
         }
-        if let Some(h) = &p.forward_payload_header {
+        if let Some(h) = p.jwt().and_then(|j| j.forward_payload_header.as_ref()) {
             ops.push(HeaderOp::remove(h.clone()));
         }
     }
@@ -259,7 +287,7 @@ impl<'a> Evaluation<'a> {
     }
 
     /// The provider's keys: its own, or what the root context fetched.
-    fn keys(&self, index: usize, provider: &'a Provider) -> Result<&'a KeySet, JwtError> {
+    fn keys(&self, index: usize, provider: &'a JwtProvider) -> Result<&'a KeySet, JwtError> {
         match &provider.keys {
             ProviderKeys::Local(keys) => Ok(keys),
             ProviderKeys::Remote(_) => self
@@ -302,17 +330,30 @@ impl<'a> Evaluation<'a> {
             Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
                 let tolerate_failure = matches!(requirement, Requirement::AllowMissingOrFailed);
                 let mut first_error = None;
-                let mut unknown_issuer = false;
+                let mut not_ours = None;
                 let mut any_ok = false;
                 for index in 0..self.cfg.providers.len() {
-                    match self.extract(index) {
+                    // An API key provider looks at each of its locations itself.
+                    let is_key = matches!(
+                        self.cfg.providers.get(index).map(|p| &p.kind),
+                        Some(ProviderKind::ApiKeys(_))
+                    );
+                    let present = if is_key {
+                        Ok(Some(()))
+                    } else {
+                        self.extract(index).map(|f| f.map(|_| ()))
+                    };
+                    match present {
                         Ok(None) => {}
                         Err(e) => {
                             first_error.get_or_insert(e);
                         }
-                        Ok(Some(_)) => match self.provider_check(index, None) {
+                        Ok(Some(())) => match self.provider_check(index, None) {
                             Ok(_) => any_ok = true,
-                            Err(JwtError::UnknownIssuer) => unknown_issuer = true,
+                            Err(e) if e.is_missing() => {}
+                            Err(e) if e.is_not_for_this_provider() => {
+                                not_ours.get_or_insert(e);
+                            }
                             Err(e) => {
                                 first_error.get_or_insert(e);
                             }
@@ -325,10 +366,10 @@ impl<'a> Evaluation<'a> {
                 if let Some(e) = first_error {
                     return Err(e);
                 }
-                if unknown_issuer && !any_ok {
-                    return Err(JwtError::UnknownIssuer);
+                match not_ours {
+                    Some(e) if !any_ok => Err(e),
+                    _ => Ok(()),
                 }
-                Ok(())
             }
         }
     }
@@ -339,9 +380,13 @@ impl<'a> Evaluation<'a> {
         audiences: Option<&[String]>,
     ) -> Result<Arc<Claims>, JwtError> {
         let provider = self.provider(index)?;
+        let jwt = match &provider.kind {
+            ProviderKind::Jwt(jwt) => jwt,
+            ProviderKind::ApiKeys(keys) => return self.check_api_key(index, provider, keys),
+        };
         let found = self.extract(index)?.ok_or(JwtError::Missing)?;
         let claims = self.verify(index, &found.token)?;
-        let allowed = audiences.unwrap_or(&provider.audiences);
+        let allowed = audiences.unwrap_or(&jwt.audiences);
         if !allowed.is_empty() && !claims.aud.iter().any(|a| allowed.contains(a)) {
             return Err(JwtError::AudienceNotAllowed);
         }
@@ -416,8 +461,64 @@ impl<'a> Evaluation<'a> {
         result
     }
 
+    /// An API key may sit in any of the provider's locations, next to a
+    /// JWT in another (`Authorization: Bearer <jwt>` and `x-api-key`): each
+    /// location's value is tried, the first configured key wins, else the
+    /// first location's reason. Memoised like a JWT verification.
+    fn check_api_key(
+        &mut self,
+        index: usize,
+        provider: &'a Provider,
+        keys: &'a ApiKeys,
+    ) -> Result<Arc<Claims>, JwtError> {
+        if let Some(Some(memo)) = self.verified.get(index) {
+            return memo.clone();
+        }
+        let mut result = Err(JwtError::ApiKeyMissing);
+        for location in &provider.locations {
+            let presented = match token_at(location, self.req) {
+                Ok(Some(t)) => keys.check(t, self.now).map_err(|r| match r {
+                    Rejection::Unknown => JwtError::ApiKeyUnknown,
+                    Rejection::Expired => JwtError::ApiKeyExpired,
+                }),
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            };
+            match presented {
+                Ok(key) => {
+                    result = Ok(Arc::clone(&key.claims));
+                    break;
+                }
+                Err(e) if result.as_ref().is_err_and(JwtError::is_missing) => result = Err(e),
+                Err(_) => {}
+            }
+        }
+        self.counters.push(match &result {
+            Ok(_) => Counter::ApiKeyValid,
+            Err(JwtError::ApiKeyExpired) => Counter::ApiKeyExpired,
+            Err(e) if e.is_missing() => Counter::ApiKeyMissing,
+            Err(_) => Counter::ApiKeyUnknown,
+        });
+        if let Some(slot) = self.verified.get_mut(index) {
+            *slot = Some(result.clone());
+        }
+        result
+    }
+
     fn verify_uncached(&mut self, index: usize, token: &str) -> Result<Arc<Claims>, JwtError> {
-        let provider = self.provider(index)?;
+        match &self.provider(index)?.kind {
+            ProviderKind::Jwt(jwt) => self.verify_jwt(index, jwt, token),
+            // Checked by `check_api_key`, never through here.
+            ProviderKind::ApiKeys(_) => Err(JwtError::ApiKeyMissing),
+        }
+    }
+
+    fn verify_jwt(
+        &mut self,
+        index: usize,
+        provider: &'a JwtProvider,
+        token: &str,
+    ) -> Result<Arc<Claims>, JwtError> {
         // Missing remote keys only matter once the token itself holds up:
         // a malformed or expired token fails at once, keys or not.
         let keys = self.keys(index, provider);
@@ -500,7 +601,11 @@ impl<'a> Evaluation<'a> {
             .collect();
         let mut strip: Vec<&Location> = Vec::new();
         for (index, provider) in providers.iter().enumerate() {
-            let consulted = matches!(self.found.get(index), Some(Some(_)));
+            // An API key provider's locations go whether or not it was
+            // consulted (a `requires_any` may have been met first): a key
+            // is a long-lived secret.
+            let consulted = matches!(self.found.get(index), Some(Some(_)))
+                || matches!(provider.kind, ProviderKind::ApiKeys(_));
             if provider.forward || !consulted {
                 continue;
             }
@@ -544,7 +649,10 @@ impl<'a> Evaluation<'a> {
                     sets.push(HeaderOp::set(header.clone(), value));
                 }
             }
-            if let Some(h) = &provider.forward_payload_header {
+            if let Some(h) = provider
+                .jwt()
+                .and_then(|j| j.forward_payload_header.as_ref())
+            {
                 sets.push(HeaderOp::set(h.clone(), claims.payload_b64.clone()));
             }
         }
@@ -566,7 +674,7 @@ impl<'a> Evaluation<'a> {
     }
 }
 
-fn check_times(provider: &Provider, claims: &Claims, now: u64) -> Result<(), JwtError> {
+fn check_times(provider: &JwtProvider, claims: &Claims, now: u64) -> Result<(), JwtError> {
     let skew = provider.clock_skew;
     match claims.exp {
         // `exp: 0` is 1970: expired, not "no expiry" as Envoy reads it.
@@ -599,18 +707,8 @@ fn check_times(provider: &Provider, claims: &Claims, now: u64) -> Result<(), Jwt
 fn find_token(provider: &Provider, req: &RequestView) -> Result<Option<Found>, JwtError> {
     let mut first: Option<Found> = None;
     for location in &provider.locations {
-        let tokens: Vec<&str> = match location {
-            Location::Header { name, prefix } => req
-                .header_values(name)
-                .filter_map(|v| strip_prefix(v, prefix.as_deref()))
-                .collect(),
-            Location::Param(name) => req.query_params(name).collect(),
-            Location::Cookie(name) => req.cookies(name).collect(),
-        };
-        let token = match tokens.as_slice() {
-            [] => continue,
-            [one] => one.trim(),
-            _ => return Err(JwtError::MultipleTokens),
+        let Some(token) = token_at(location, req)? else {
+            continue;
         };
         match &first {
             None => {
@@ -627,6 +725,23 @@ fn find_token(provider: &Provider, req: &RequestView) -> Result<Option<Found>, J
         return Err(JwtError::BadFormat("empty token"));
     }
     Ok(first)
+}
+
+/// The token at one location, if there is one (two in one location are refused).
+fn token_at<'r>(location: &'r Location, req: &'r RequestView) -> Result<Option<&'r str>, JwtError> {
+    let tokens: Vec<&str> = match location {
+        Location::Header { name, prefix } => req
+            .header_values(name)
+            .filter_map(|v| strip_prefix(v, prefix.as_deref()))
+            .collect(),
+        Location::Param(name) => req.query_params(name).collect(),
+        Location::Cookie(name) => req.cookies(name).collect(),
+    };
+    match tokens.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.trim())),
+        _ => Err(JwtError::MultipleTokens),
+    }
 }
 
 /// `Bearer` and other schemes match case-insensitively (RFC 9110 11.1).

@@ -21,6 +21,8 @@ impl ConfigError {
     pub fn under(mut self, parent: &str) -> Self {
         self.path = if self.path.is_empty() {
             parent.to_string()
+        } else if self.path.starts_with('[') {
+            format!("{parent}{}", self.path)
         } else {
             format!("{parent}.{}", self.path)
         };
@@ -40,3 +42,63 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Deserialises a JSON document, or says where it breaks: the line and
+/// column for broken JSON, else the path of the field serde refused.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+            // Where the JSON breaks is the useful part: keep line and column.
+            return ConfigError::new("", format!("not valid JSON: {inner}"));
+        }
+        let path = e.path().to_string();
+        let path = if path == "." || path == "?" {
+            String::new()
+        } else {
+            path
+        };
+        ConfigError::new(path, clean_serde_message(&inner.to_string()))
+    })?;
+    de.end()
+        .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// serde_json appends " at line 1 column 42"; the field path says more.
+fn clean_serde_message(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message.get(..i).unwrap_or(message).to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_nest_with_dots_and_brackets() {
+        let e = ConfigError::new("[3].sha256", "x")
+            .under("api_keys_from")
+            .under("p");
+        assert_eq!(e.path, "p.api_keys_from[3].sha256");
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Entry {
+            #[allow(dead_code)]
+            name: String,
+        }
+        let err = parse_json::<Vec<Entry>>(br#"[{"name": "a"}, {"nam": "b"}]"#).unwrap_err();
+        assert_eq!(err.path, "[1].nam");
+        assert!(err.reason.contains("unknown field `nam`"), "{err}");
+        assert!(!err.reason.contains("at line"), "{err}");
+        let err = parse_json::<Vec<Entry>>(b"[{").unwrap_err();
+        assert!(err.reason.starts_with("not valid JSON"), "{err}");
+    }
+}

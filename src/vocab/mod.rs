@@ -7,9 +7,10 @@ pub mod duration;
 mod error;
 mod http_uri;
 mod quote;
+pub mod timestamp;
 pub mod unique_map;
 
-pub use error::ConfigError;
+pub use error::{parse_json, ConfigError};
 pub use http_uri::{split_uri, HttpUri, RawHttpUri};
 pub use quote::{quote, quote_bytes, MAX_QUOTED_CHARS};
 use serde::Deserialize;

@@ -8,6 +8,7 @@
     clippy::panic,
     clippy::indexing_slicing
 )]
+mod api_keys;
 mod config_rejection;
 mod crypto_reference;
 mod dpop;

@@ -8,7 +8,8 @@ installed into .venv by scripts/setup.sh (pinned versions).
 Input: a JSON list of calls, as the first argument or on stdin:
   {"sdk": "openai" | "anthropic", "base_url": "...", "api_key": "...",
    "call": "chat" | "chat_stream" | "models" | "messages" | "messages_stream",
-   "auth_token": true}   (anthropic only: send the key as Authorization: Bearer, not x-api-key)
+   "auth_token": true,   (anthropic only: send the key as Authorization: Bearer, not x-api-key)
+   "model": "..."}       (optional: the model asked for)
 Output: a JSON list, one result per call:
   {"ok": true, "text": "...", "chunks": N, "models": [...]}
   {"ok": false, "exception": "AuthenticationError", "status": 401, "message": str(e), "body": e.body}
@@ -27,13 +28,14 @@ except ImportError as e:  # a test that needs the SDKs fails, saying how to get 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
 
-def openai_call(client, call):
+def openai_call(client, call, model):
+    model = model or "gpt-4o-mini"
     if call == "chat":
-        r = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        r = client.chat.completions.create(model=model, messages=MESSAGES)
         return {"text": r.choices[0].message.content, "model": r.model}
     if call == "chat_stream":
         pieces = []
-        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+        for chunk in client.chat.completions.create(model=model, messages=MESSAGES, stream=True):
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
         return {"text": "".join(pieces), "chunks": len(pieces)}
@@ -42,13 +44,14 @@ def openai_call(client, call):
     raise ValueError(f"unknown openai call {call}")
 
 
-def anthropic_call(client, call):
+def anthropic_call(client, call, model):
+    model = model or "claude-sonnet-4-5"
     if call == "messages":
-        r = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES)
+        r = client.messages.create(model=model, max_tokens=64, messages=MESSAGES)
         return {"text": "".join(b.text for b in r.content if b.type == "text"), "model": r.model}
     if call == "messages_stream":
         pieces = []
-        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES) as stream:
+        with client.messages.stream(model=model, max_tokens=64, messages=MESSAGES) as stream:
             for text in stream.text_stream:
                 pieces.append(text)
             final = stream.get_final_message()
@@ -61,11 +64,11 @@ def run(spec):
     try:
         if sdk == "openai":
             client = openai.OpenAI(base_url=spec["base_url"], api_key=spec["api_key"], max_retries=0, timeout=20)
-            result = openai_call(client, spec["call"])
+            result = openai_call(client, spec["call"], spec.get("model"))
         else:
             key = {"auth_token": spec["api_key"]} if spec.get("auth_token") else {"api_key": spec["api_key"]}
             client = anthropic.Anthropic(base_url=spec["base_url"], max_retries=0, timeout=20, **key)
-            result = anthropic_call(client, spec["call"])
+            result = anthropic_call(client, spec["call"], spec.get("model"))
         return {"ok": True, **result}
     except (openai.APIStatusError, anthropic.APIStatusError) as e:
         return {"ok": False, "exception": type(e).__name__, "status": e.status_code,

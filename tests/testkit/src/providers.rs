@@ -24,10 +24,21 @@ pub fn handler(keys: Keys) -> impl Fn(&Recorded) -> Action + Send + Sync + 'stat
     move |r| {
         let path = r.path.split('?').next().unwrap_or("");
         if path == "/v1/messages" {
-            anthropic(&keys.anthropic, r)
+            anthropic_key(&keys.anthropic, r).unwrap_or_else(|| anthropic(r))
         } else {
-            openai(&keys.openai, r)
+            openai_key(&keys.openai, r).unwrap_or_else(|| openai(r))
         }
+    }
+}
+
+/// Both APIs without their key checks, for tests that look at the key the
+/// upstream got themselves (per-tenant keys, for example).
+pub fn any_key(r: &Recorded) -> Action {
+    let path = r.path.split('?').next().unwrap_or("");
+    if path == "/v1/messages" {
+        anthropic(r)
+    } else {
+        openai(r)
     }
 }
 
@@ -61,20 +72,25 @@ fn sse(chunks: Vec<String>) -> Action {
     }
 }
 
-fn openai(key: &str, r: &Recorded) -> Action {
+/// OpenAI's 401 when the key is not `key`.
+fn openai_key(key: &str, r: &Recorded) -> Option<Action> {
     let authorization = r.header("authorization");
-    if authorization != Some(format!("Bearer {key}").as_str()) {
-        let shown = authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|k| format!("{}***", k.chars().take(3).collect::<String>()))
-            .unwrap_or_default();
-        return Action::json(
-            401,
-            &json!({"error": {
-                "message": format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys."),
-                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
-        );
+    if authorization == Some(format!("Bearer {key}").as_str()) {
+        return None;
     }
+    let shown = authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|k| format!("{}***", k.chars().take(3).collect::<String>()))
+        .unwrap_or_default();
+    Some(Action::json(
+        401,
+        &json!({"error": {
+            "message": format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys."),
+            "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+    ))
+}
+
+fn openai(r: &Recorded) -> Action {
     let path = r.path.split('?').next().unwrap_or("");
     match (r.method.as_str(), path) {
         ("POST", "/v1/chat/completions") => {
@@ -131,10 +147,13 @@ fn anthropic_error(status: u16, kind: &str, message: &str) -> Action {
     )
 }
 
-fn anthropic(key: &str, r: &Recorded) -> Action {
-    if r.header("x-api-key") != Some(key) {
-        return anthropic_error(401, "authentication_error", "invalid x-api-key");
-    }
+/// Anthropic's 401 when the key is not `key`.
+fn anthropic_key(key: &str, r: &Recorded) -> Option<Action> {
+    (r.header("x-api-key") != Some(key))
+        .then(|| anthropic_error(401, "authentication_error", "invalid x-api-key"))
+}
+
+fn anthropic(r: &Recorded) -> Action {
     if r.header("anthropic-version").is_none() {
         return anthropic_error(
             400,
