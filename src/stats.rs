@@ -24,6 +24,7 @@ pub enum Counter {
     ExtAuthzCacheMiss,
     JwksFetchSuccess,
     JwksFetchFailed,
+    JwksKeySkipped,
     TokenFetchSuccess,
     TokenFetchFailed,
     ResourceMetadataServed,
@@ -40,7 +41,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 31] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -58,6 +59,7 @@ impl Counter {
         Counter::ExtAuthzCacheMiss,
         Counter::JwksFetchSuccess,
         Counter::JwksFetchFailed,
+        Counter::JwksKeySkipped,
         Counter::TokenFetchSuccess,
         Counter::TokenFetchFailed,
         Counter::ResourceMetadataServed,
@@ -93,6 +95,7 @@ impl Counter {
             Counter::ExtAuthzCacheMiss => "ext_authz.decision_cache_miss",
             Counter::JwksFetchSuccess => "jwt_authn.jwks_fetch_success",
             Counter::JwksFetchFailed => "jwt_authn.jwks_fetch_failed",
+            Counter::JwksKeySkipped => "jwt_authn.jwks_key_skipped",
             Counter::TokenFetchSuccess => "upstream_credentials.token_fetch_success",
             Counter::TokenFetchFailed => "upstream_credentials.token_fetch_failed",
             Counter::ResourceMetadataServed => "jwt_authn.resource_metadata_served",

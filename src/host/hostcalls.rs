@@ -215,6 +215,12 @@ pub fn set_shared(key: &str, value: &[u8]) {
     }
 }
 
+/// Stores `value` only if the key is still at version `cas` (`None`: not
+/// there yet); returns whether it was stored.
+pub fn set_shared_if(key: &str, value: &[u8], cas: Option<u32>) -> bool {
+    abi::set_shared_data(key, Some(value), cas).is_ok()
+}
+
 pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
     abi::set_effective_context(context_id)
 }

@@ -7,8 +7,9 @@ use super::root::Shared;
 use super::stream::NO_CLOCK;
 use crate::callout::CalloutResponse;
 use crate::jwks::{decode_shared, encode_shared, Fetched, Fetcher};
-use crate::jwt::keys::parse_jwks;
+use crate::jwt::keys::{parse_jwks, SkippedKey};
 use crate::stats::Counter;
+use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ impl RemoteJwksHost {
 
 fn shared_key(namespace: &str, provider: usize) -> String {
     format!("ai_auth.jwks.{namespace}.{provider}")
+}
+
+/// The digest of the skipped entries last reported for a provider.
+fn skipped_key(namespace: &str, provider: usize) -> String {
+    format!("ai_auth.jwks_skipped.{namespace}.{provider}")
 }
 
 impl Shared {
@@ -96,7 +102,7 @@ impl Shared {
             }
             self.jwks.seen.borrow_mut().insert(index, cas);
             if let Some((expires_at, text)) = decode_shared(&bytes) {
-                if self.load(index, text) {
+                if self.load(index, text).is_some() {
                     any = true;
                     self.jwks
                         .fetcher
@@ -108,22 +114,65 @@ impl Shared {
         any
     }
 
-    /// Parses and installs keys for this VM's requests.
-    fn load(&self, index: usize, text: &str) -> bool {
-        let Ok(loaded) = parse_jwks(text) else {
-            return false;
-        };
+    /// Parses and installs keys for this VM's requests; returns the
+    /// entries skipped, or `None` when nothing was installed.
+    fn load(&self, index: usize, text: &str) -> Option<Vec<SkippedKey>> {
+        let loaded = parse_jwks(text).ok()?;
         let generation = self.jwks.generation.get().wrapping_add(1);
         self.jwks.generation.set(generation);
         let keys = Arc::new(loaded.keys.with_generation(generation));
-        match self.state.try_borrow_mut() {
-            Ok(mut state) => {
-                if let Some(slot) = state.remote_keys.get_mut(index) {
-                    *slot = Some(keys);
-                }
-                true
+        let mut state = self.state.try_borrow_mut().ok()?;
+        if let Some(slot) = state.remote_keys.get_mut(index) {
+            *slot = Some(keys);
+        }
+        Some(loaded.skipped)
+    }
+
+    /// Creates the slot where skipped keys are reported, before any worker
+    /// VM runs (`on_configure` runs on the main thread first), so every
+    /// later report is a compare-and-swap.
+    pub fn prepare_skip_reports(&self) {
+        let Some(jwt) = &self.config.jwt_authn else {
+            return;
+        };
+        for index in 0..jwt.providers.len() {
+            let key = skipped_key(&self.config.namespace, index);
+            if let Ok((None, _)) = hostcalls::shared_data_with_cas(&key) {
+                hostcalls::set_shared_if(&key, b"", None);
             }
-            Err(_) => false,
+        }
+    }
+
+    /// Logs each entry a provider's JWKS skipped (one line, its `kid` and
+    /// the reason, escaped) and counts it, once per distinct set of skipped
+    /// entries across every VM of the plugin: whichever VM first swaps in
+    /// the set's digest reports it.
+    pub fn report_skipped_keys(&self, index: usize, skipped: &[SkippedKey]) {
+        let mut digest = Sha256::new();
+        for s in skipped {
+            digest.update(s.to_string().as_bytes());
+            digest.update(b"\n");
+        }
+        let digest = digest.finalize();
+        let key = skipped_key(&self.config.namespace, index);
+        let first = match hostcalls::shared_data_with_cas(&key) {
+            Ok((Some(seen), _)) if seen == digest.as_slice() => false,
+            Ok((_, cas)) => hostcalls::set_shared_if(&key, &digest, cas),
+            // Better twice than never.
+            Err(_) => true,
+        };
+        if !first {
+            return;
+        }
+        let provider = self
+            .config
+            .jwt_authn
+            .as_ref()
+            .and_then(|j| j.providers.get(index))
+            .map_or("?", |p| p.name.as_str());
+        for s in skipped {
+            log::warn!("ai_auth: jwks of provider {provider}: {s}; key skipped");
+            self.count(Counter::JwksKeySkipped);
         }
     }
 
@@ -153,7 +202,9 @@ impl Shared {
                 if let Ok((_, Some(cas))) = hostcalls::shared_data_with_cas(&key) {
                     self.jwks.seen.borrow_mut().insert(index, cas);
                 }
-                self.load(index, &jwks);
+                if let Some(skipped) = self.load(index, &jwks) {
+                    self.report_skipped_keys(index, &skipped);
+                }
                 log::info!("ai_auth: jwks for provider {index} fetched");
                 self.release_waiting_for_keys(true, false);
             }

@@ -142,6 +142,14 @@ impl Root {
             jwks: RemoteJwksHost::new(fetcher),
             tokens: TokensHost::new(token_fetcher),
         });
+        shared.prepare_skip_reports();
+        if let Some(jwt) = &shared.config.jwt_authn {
+            for (index, provider) in jwt.providers.iter().enumerate() {
+                if let Some(jwt) = provider.jwt().filter(|j| !j.skipped_keys.is_empty()) {
+                    shared.report_skipped_keys(index, &jwt.skipped_keys);
+                }
+            }
+        }
         if shared.has_remote_jwks() || shared.has_upstream_tokens() {
             if let Err(status) = hostcalls::set_tick_period(TICK) {
                 log::error!("ai_auth: cannot start the JWKS timer: {status:?}");

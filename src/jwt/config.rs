@@ -5,7 +5,7 @@ use super::challenge::RuleChallenge;
 use super::claims::{ClaimRule, RawClaimRule};
 use super::cnf::{CertificateBound, RawCertificateBound};
 use super::dpop::{Dpop, RawDpop};
-use super::keys::{parse_jwks, KeySet};
+use super::keys::{parse_jwks, KeySet, SkippedKey};
 use super::protected_resource::{Facts, ProtectedResource, RawProtectedResource};
 use crate::apikeys::config::RawApiKey;
 use crate::apikeys::ApiKeys;
@@ -237,6 +237,9 @@ pub struct JwtProvider {
     pub issuer: Option<String>,
     pub audiences: Vec<String>,
     pub keys: ProviderKeys,
+    /// Entries of the inline JWKS that were skipped: logged and counted
+    /// once when the filter starts.
+    pub skipped_keys: Vec<SkippedKey>,
     pub clock_skew: u64,
     pub require_expiration: bool,
     pub max_lifetime: Option<u64>,
@@ -662,10 +665,12 @@ fn compile_jwt(p: RawProvider, env: &dyn Environment) -> Result<JwtProvider, Con
             "an audience must not be empty",
         ));
     }
+    let mut skipped_keys = Vec::new();
     let keys = match (p.local_jwks, p.remote_jwks) {
         (Some(source), None) => {
             let text = source.read(env).map_err(|e| e.under("local_jwks"))?;
             let loaded = parse_jwks(&text).map_err(|e| ConfigError::new("local_jwks", e))?;
+            skipped_keys = loaded.skipped;
             ProviderKeys::Local(Arc::new(loaded.keys))
         }
         (None, Some(remote)) => {
@@ -700,6 +705,7 @@ fn compile_jwt(p: RawProvider, env: &dyn Environment) -> Result<JwtProvider, Con
         issuer: p.issuer,
         audiences: p.audiences,
         keys,
+        skipped_keys,
         clock_skew: p.clock_skew_seconds.unwrap_or(60),
         require_expiration: p.require_expiration,
         max_lifetime,

@@ -36,6 +36,8 @@ pub enum JwtError {
     UnknownKid,
     /// Signature does not verify.
     BadSignature,
+    /// The `kid` names a JWKS entry the filter skipped (why, in short).
+    UnusableKey(&'static str),
     /// Keys are not available (remote JWKS not fetched yet or failing).
     KeysUnavailable,
     /// A claim rule failed on a valid token.
@@ -83,6 +85,7 @@ impl JwtError {
             JwtError::LifetimeTooLong => "Jwt lifetime is longer than allowed".into(),
             JwtError::UnknownKid => "Jwks has no key matching the Jwt kid and alg".into(),
             JwtError::BadSignature => "Jwt verification fails".into(),
+            JwtError::UnusableKey(why) => format!("Jwks key for the Jwt kid is not usable: {why}"),
             JwtError::KeysUnavailable => "Jwks is not available".into(),
             JwtError::ClaimRuleFailed(claim) => format!("claim {claim} does not satisfy the rule"),
             JwtError::InvalidDpopProof(why) => format!("DPoP proof is invalid: {why}"),
@@ -112,6 +115,7 @@ impl JwtError {
             JwtError::LifetimeTooLong => "lifetime_too_long",
             JwtError::UnknownKid => "unknown_kid",
             JwtError::BadSignature => "bad_signature",
+            JwtError::UnusableKey(_) => "unusable_key",
             JwtError::KeysUnavailable => "jwks_unavailable",
             JwtError::ClaimRuleFailed(_) => "claim_rule_failed",
             JwtError::InvalidDpopProof(_) => "invalid_dpop_proof",

@@ -543,16 +543,10 @@ impl<'a> Evaluation<'a> {
         }
         check_times(provider, &parsed.claims, self.now)?;
         let keys = keys?;
-        let mut candidates = keys
-            .candidates(parsed.alg, parsed.kid.as_deref())
-            .peekable();
-        if candidates.peek().is_none() {
-            if matches!(provider.keys, ProviderKeys::Remote(_)) {
-                self.refresh.push(index);
-            }
-            return Err(JwtError::UnknownKid);
-        }
-        let verified = candidates.any(|k| {
+        let kid = parsed.kid.as_deref();
+        let mut tried = 0;
+        let verified = keys.candidates(parsed.alg, kid).any(|k| {
+            tried += 1;
             k.material.verify(
                 parsed.alg,
                 parsed.signing_input.as_bytes(),
@@ -560,7 +554,20 @@ impl<'a> Evaluation<'a> {
             )
         });
         if !verified {
-            return Err(JwtError::BadSignature);
+            // A `kid` no key carries (kid-less keys may have been tried):
+            // a key the JWKS had but we skipped, or one the IdP has just
+            // rotated in, so look again (rate-limited).
+            if let Some(kid) = kid.filter(|k| !keys.has_kid(k)) {
+                if let Some(why) = keys.unusable_reason(kid) {
+                    return Err(JwtError::UnusableKey(why));
+                }
+            } else if tried > 0 {
+                return Err(JwtError::BadSignature);
+            }
+            if matches!(provider.keys, ProviderKeys::Remote(_)) {
+                self.refresh.push(index);
+            }
+            return Err(JwtError::UnknownKid);
         }
         let claims = Arc::new(parsed.claims);
         if let Some(key) = key {

@@ -266,6 +266,59 @@ fn token_without_kid_is_tried_against_keys_of_its_alg() {
 }
 
 #[test]
+fn kid_less_keys_verify_tokens_with_any_kid_and_skipped_keys_say_why() {
+    let signer = TestKey::ed25519("rotated-kid");
+    let mut kidless = signer.jwk();
+    kidless.as_object_mut().unwrap().remove("kid");
+    let other = TestKey::p256("other");
+    let jwks = json!({"keys": [
+        other.jwk(),
+        {"kty": "RSA", "kid": "weak", "n": "AQAB", "e": "AQAB"},
+        kidless
+    ]});
+    let cfg = filter(json!({
+        "providers": {"idp": {"issuer": ISS, "local_jwks": {"inline_string": jwks.to_string()}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    }));
+    // A different signature character well inside the segment (the last
+    // one carries padding bits).
+    let corrupt = |t: String| {
+        let at = t.len() - 10;
+        let swapped = if &t[at..at + 1] == "A" { "B" } else { "A" };
+        format!("{}{swapped}{}", &t[..at], &t[at + 1..])
+    };
+    assert!(
+        check(&cfg, &signer.sign(&claims())).is_ok(),
+        "kid is a hint"
+    );
+    assert!(check(&cfg, &other.sign(&claims())).is_ok());
+    // A token naming the skipped key (and no kid-less key of its alg): 401
+    // with the reason, no refetch.
+    let weak = other.sign_raw("ES256", &json!({"alg": "ES256", "kid": "weak"}), &claims());
+    assert_eq!(
+        check(&cfg, &weak).unwrap_err(),
+        JwtError::UnusableKey("RSA key under 2048 bits")
+    );
+    // A known kid whose key does not verify: a bad signature, not unknown.
+    assert_eq!(
+        check(&cfg, &corrupt(other.sign(&claims()))).unwrap_err(),
+        JwtError::BadSignature
+    );
+    // An unknown kid that the kid-less keys do not verify either: unknown
+    // (the IdP may have rotated), so remote keys would be fetched again.
+    let stranger = signer.sign_raw(
+        "EdDSA",
+        &json!({"alg": "EdDSA", "kid": "stranger"}),
+        &claims(),
+    );
+    assert!(check(&cfg, &stranger).is_ok());
+    assert_eq!(
+        check(&cfg, &corrupt(stranger)).unwrap_err(),
+        JwtError::UnknownKid
+    );
+}
+
+#[test]
 fn short_hmac_keys_fit_only_the_hashes_they_can_serve() {
     let key = TestKey::hmac("h", &[7u8; 32]);
     let cfg = simple(&[&key], json!({}));

@@ -45,9 +45,9 @@ fn invalid_configurations_are_refused_with_the_field_named() {
             "field `jwt_authn.providers.idp.local_jwks`: a JWKS must be an object with a `keys` array",
         ),
         (
-            "RSA key under 2048 bits",
+            "a JWKS whose only key is RSA under 2048 bits",
             json!({"jwt_authn": {"providers": {"idp": provider(short_rsa)}, "rules": rule}}).to_string(),
-            "field `jwt_authn.providers.idp.local_jwks`: keys[0]: RSA modulus is 1024 bits; at least 2048 are required",
+            "field `jwt_authn.providers.idp.local_jwks`: the JWKS has no usable signature key: keys[0] (kid \"weak\"): RSA modulus is 1024 bits; at least 2048 are required",
         ),
         (
             "duplicate provider",
