@@ -20,8 +20,6 @@ use serde_json::Value;
 
 const MAX_BACKOFF_SECS: u64 = 60;
 const MIN_FORCED_INTERVAL_SECS: u64 = 30;
-/// Larger discovery documents or JWKS are refused.
-pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
 /// What a pending fetch is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +170,15 @@ impl Fetcher {
         }
     }
 
+    /// The largest reply body worth reading for provider `index` (one byte
+    /// over the limit tells "too large" from "just fits").
+    pub fn reply_bytes_wanted(&self, index: usize) -> usize {
+        match self.slots.get(index) {
+            Some(Some(slot)) => slot.remote.max_document_bytes.saturating_add(1),
+            _ => 0,
+        }
+    }
+
     /// The fetch could not be sent at all.
     pub fn on_dispatch_failed(&mut self, index: usize, now: u64) {
         let _ = self.on_reply(index, &CalloutResponse::default(), now);
@@ -192,7 +199,7 @@ fn get(remote: &RemoteJwks, authority: &str, path: &str) -> CalloutRequest {
     }
 }
 
-fn body_of(reply: &CalloutResponse, what: &str) -> Result<String, String> {
+fn body_of(slot: &Slot, reply: &CalloutResponse, what: &str) -> Result<String, String> {
     match reply.status {
         None => {
             return Err(format!(
@@ -202,14 +209,17 @@ fn body_of(reply: &CalloutResponse, what: &str) -> Result<String, String> {
         Some(200) => {}
         Some(s) => return Err(format!("{what}: status {s}")),
     }
-    if reply.body.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!("{what}: larger than {MAX_DOCUMENT_BYTES} bytes"));
+    let max = slot.remote.max_document_bytes;
+    if reply.body.len() > max {
+        return Err(format!(
+            "{what}: larger than {max} bytes (remote_jwks.max_document_bytes)"
+        ));
     }
     String::from_utf8(reply.body.clone()).map_err(|_| format!("{what}: not UTF-8"))
 }
 
 fn discovery(slot: &Slot, reply: &CalloutResponse) -> Result<Fetched, String> {
-    let text = body_of(reply, "discovery")?;
+    let text = body_of(slot, reply, "discovery")?;
     let doc: Value = serde_json::from_str(&text).map_err(|_| "discovery: not JSON".to_string())?;
     if let Some(expected) = &slot.issuer {
         if doc.get("issuer").and_then(Value::as_str) != Some(expected.as_str()) {
@@ -225,7 +235,7 @@ fn discovery(slot: &Slot, reply: &CalloutResponse) -> Result<Fetched, String> {
 }
 
 fn jwks(slot: &Slot, reply: &CalloutResponse, now: u64) -> Result<Fetched, String> {
-    let text = body_of(reply, "jwks")?;
+    let text = body_of(slot, reply, "jwks")?;
     parse_jwks(&text).map_err(|e| format!("jwks: {e}"))?;
     Ok(Fetched::Keys {
         jwks: text,
@@ -318,11 +328,37 @@ mod tests {
         ));
         assert!(f.due(2).is_empty(), "second failure waits 2 s");
         assert_eq!(f.due(3).len(), 1);
-        let big = format!(
-            "{{\"keys\": [], \"pad\": \"{}\"}}",
-            "a".repeat(MAX_DOCUMENT_BYTES)
-        );
+        assert_eq!(f.reply_bytes_wanted(0), 256 * 1024 + 1);
+        let big = format!("{{\"keys\": [], \"pad\": \"{}\"}}", "a".repeat(256 * 1024));
         assert!(matches!(f.on_reply(0, &ok(&big), 3), Fetched::Failed(_)));
+    }
+
+    #[test]
+    fn the_document_cap_is_configurable() {
+        let mut f = fetcher(
+            json!({"http_uri": {"uri": "http://idp/certs", "cluster": "idp"}, "max_document_bytes": 200}),
+        );
+        assert_eq!(f.reply_bytes_wanted(0), 201);
+        f.due(0);
+        assert!(matches!(f.on_reply(0, &ok(JWKS), 0), Fetched::Keys { .. }));
+        f.due(600);
+        let padded = JWKS.replacen('{', &format!("{{\"pad\": \"{}\", ", "a".repeat(100)), 1);
+        let Fetched::Failed(why) = f.on_reply(0, &ok(&padded), 600) else {
+            panic!()
+        };
+        assert!(why.contains("max_document_bytes"), "{why}");
+        for bad in [json!(0), json!(17_000_000)] {
+            let cfg = json!({"jwt_authn": {
+                "providers": {"idp": {"remote_jwks": {"http_uri": {"uri": "http://idp/certs", "cluster": "idp"}, "max_document_bytes": bad}}},
+                "rules": [{"match": {"prefix": "/"}}]
+            }});
+            let err =
+                FilterConfig::from_json(cfg.to_string().as_bytes(), &|_: &str| None).unwrap_err();
+            assert_eq!(
+                err.path,
+                "jwt_authn.providers.idp.remote_jwks.max_document_bytes"
+            );
+        }
     }
 
     #[test]

@@ -183,7 +183,9 @@ impl Shared {
         };
         let reply = CalloutResponse::from_headers(
             hostcalls::callout_response_headers(),
-            hostcalls::callout_response_body(body_size.min(crate::jwks::MAX_DOCUMENT_BYTES + 1)),
+            hostcalls::callout_response_body(
+                body_size.min(self.jwks.fetcher.borrow().reply_bytes_wanted(index)),
+            ),
         );
         let Some(now) = hostcalls::now_secs() else {
             // Without a time the keys' lifetime is unknown: a failed fetch,

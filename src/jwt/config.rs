@@ -23,8 +23,17 @@ use std::time::Duration;
 /// Envoy's `jwt_cache_config` defaults: 100 tokens of at most 4 KiB.
 const DEFAULT_CACHE_SIZE: usize = 100;
 const DEFAULT_MAX_CACHED_TOKEN: usize = 4096;
-/// Tokens above this are refused before any parsing.
-const DEFAULT_MAX_TOKEN_SIZE: usize = 16 * 1024;
+/// Tokens above this are refused before any parsing. Envoy has no such
+/// limit of its own: its header limit (`max_request_headers_kb`, 60 KiB by
+/// default) bounds them, and Entra ID or Keycloak tokens with many groups
+/// or roles reach 20-30 KiB.
+const DEFAULT_MAX_TOKEN_SIZE: usize = 60 * 1024;
+/// A remote JWKS or discovery document above this is a failed fetch: large
+/// IdP key sets (many rotated keys, certificate chains) fit.
+const DEFAULT_MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// Beyond this a document would not be a key set; it is also copied into
+/// shared data for every worker VM.
+const MAX_MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +107,8 @@ struct RawRemoteJwks {
     cache_duration: Option<Duration>,
     #[serde(default)]
     discovery: bool,
+    /// Largest JWKS or discovery document accepted, in bytes.
+    max_document_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +213,7 @@ pub struct RemoteJwks {
     /// How long fetched keys are used before they are fetched again (Envoy's default: 10 minutes).
     pub cache_duration_secs: u64,
     pub discovery: bool,
+    pub max_document_bytes: usize,
 }
 
 /// A provider: where its credential is, what to do with it, and its kind.
@@ -821,10 +833,18 @@ fn compile_remote(raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
             "must be at least one second",
         ));
     }
+    let max_document_bytes = raw.max_document_bytes.unwrap_or(DEFAULT_MAX_DOCUMENT_BYTES);
+    if max_document_bytes == 0 || max_document_bytes > MAX_MAX_DOCUMENT_BYTES {
+        return Err(ConfigError::new(
+            "max_document_bytes",
+            format!("must lie between 1 and {MAX_MAX_DOCUMENT_BYTES}"),
+        ));
+    }
     Ok(RemoteJwks {
         http_uri,
         cache_duration_secs,
         discovery: raw.discovery,
+        max_document_bytes,
     })
 }
 

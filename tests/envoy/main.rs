@@ -17,6 +17,7 @@ mod ext_authz_http;
 mod jwks_mixes;
 mod jwks_remote;
 mod jwt_authn;
+mod large_tokens;
 mod layering;
 mod mtls;
 mod protected_resource;
