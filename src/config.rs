@@ -77,6 +77,22 @@ impl FilterConfig {
                 UpstreamCredentials::compile(u, env).map_err(|e| e.under("upstream_credentials"))
             })
             .transpose()?;
+        // A model check releases the headers before the passthrough's answer
+        // (Envoy's proxy-wasm ABI edits no request header after that).
+        let model_checked = jwt_authn
+            .as_ref()
+            .and_then(|j| j.rules.iter().position(|r| r.model_check.is_some()));
+        if let (Some(rule), Some(field)) = (
+            model_checked,
+            ext_authz
+                .as_ref()
+                .and_then(|x| x.answer_edits_headers.as_ref()),
+        ) {
+            return Err(ConfigError::new(
+                format!("ext_authz.{field}"),
+                format!("cannot be combined with the model_check of jwt_authn.rules[{rule}]: the headers go on before the service answers, and Envoy's proxy-wasm ABI lets no filter edit them after"),
+            ));
+        }
         if jwt_authn.is_none() && ext_authz.is_none() && upstream_credentials.is_none() {
             return Err(ConfigError::new(
                 "",

@@ -27,6 +27,8 @@ use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
 use crate::jwt::error::JwtError;
 use crate::jwt::keys::KeySet;
 use crate::jwt::{self, cache::VerifiedCache, Identity};
+use crate::models::body::{model_field, ModelField};
+use crate::models::{ModelCheck, MODEL_PROPERTY};
 use crate::request::RequestView;
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
@@ -114,6 +116,10 @@ pub struct InFlight {
     now: u64,
     /// Filter state for access logs, set with the next decision.
     properties: Vec<(&'static str, String)>,
+    /// The `jwt_authn` rule whose `model_check` waits for the body.
+    model_rule: Option<usize>,
+    /// The passthrough asks its service once the body is there.
+    authz_after_body: bool,
 }
 
 impl InFlight {
@@ -200,7 +206,10 @@ fn run(
         tokens: state.upstream_tokens.clone(),
         now,
         properties: Vec::new(),
+        model_rule: None,
+        authz_after_body: false,
     };
+    let mut model_rule = None;
     if let Some(jwt_cfg) = &cfg.jwt_authn {
         if let Some(doc) = jwt_cfg.resource_metadata(&flight.req) {
             flight.counters.push(Counter::ResourceMetadataServed);
@@ -249,25 +258,34 @@ fn run(
                 flight.identities = identities;
                 flight.req.apply(&outcome.header_ops);
                 flight.ops.extend(outcome.header_ops);
+                model_rule = outcome.rule.filter(|i| {
+                    jwt_cfg
+                        .rules
+                        .get(*i)
+                        .is_some_and(|r| r.model_check.is_some())
+                });
             }
+        }
+    }
+    if let Some(check) = model_rule.and_then(|i| model_check(cfg, i)) {
+        if !flight.req.has_body() {
+            if let Some(reply) = judge_model(&mut flight, check, None) {
+                return (flight.decision(cfg, Step::Reply(reply)), None);
+            }
+        } else {
+            // The model is in the body: release the headers and hold it.
+            flight.model_rule = model_rule;
+            let authz = cfg.ext_authz.as_ref();
+            let authz_max = match authz.filter(|a| a.enabled_for(&flight.req)) {
+                Some(a) => a.with_request_body.as_ref().map_or(0, |b| b.max_bytes),
+                None => 0,
+            };
+            return release_headers(cfg, flight, check.max_body_bytes.max(authz_max));
         }
     }
     match &cfg.ext_authz {
         Some(authz) if authz.enabled_for(&flight.req) => match &authz.with_request_body {
-            Some(body) if flight.req.has_body() => {
-                // Body mode: every edit that can be known now, then release the headers.
-                let strip = authz.strip_service_owned_headers(&flight.req);
-                flight.req.apply(&strip);
-                flight.ops.extend(strip);
-                let max_bytes = body.max_bytes;
-                let mut d = finish(cfg, &mut flight);
-                if let Step::Continue(ops) = d.step {
-                    d.step = Step::ContinueAndBufferBody { ops, max_bytes };
-                    flight.headers_released = true;
-                    return (d, Some(flight));
-                }
-                (d, None)
-            }
+            Some(body) if flight.req.has_body() => release_headers(cfg, flight, body.max_bytes),
             Some(_) => ask_auth_service(cfg, authz, store, flight, Some((&[], false)), now),
             None => ask_auth_service(cfg, authz, store, flight, None, now),
         },
@@ -279,7 +297,79 @@ fn run(
     }
 }
 
-/// The buffered body (at most `max_bytes`; `truncated` when the client sent more).
+fn model_check(cfg: &FilterConfig, rule: usize) -> Option<&ModelCheck> {
+    cfg.jwt_authn
+        .as_ref()?
+        .rules
+        .get(rule)?
+        .model_check
+        .as_ref()
+}
+
+/// Body mode (a model check, or the passthrough `with_request_body`):
+/// every header edit that can be known now, then the headers go on and the
+/// body is held, up to `max_bytes`. The passthrough, if it applies, asks
+/// its service once the body is there.
+fn release_headers(
+    cfg: &FilterConfig,
+    mut flight: InFlight,
+    max_bytes: usize,
+) -> (Decision, Option<InFlight>) {
+    match &cfg.ext_authz {
+        Some(authz) if authz.enabled_for(&flight.req) => {
+            let strip = authz.strip_service_owned_headers(&flight.req);
+            flight.req.apply(&strip);
+            flight.ops.extend(strip);
+            flight.authz_after_body = true;
+        }
+        Some(_) => flight.counters.push(Counter::ExtAuthzDisabled),
+        None => {}
+    }
+    let mut d = finish(cfg, &mut flight);
+    if let Step::Continue(ops) = d.step {
+        d.step = Step::ContinueAndBufferBody { ops, max_bytes };
+        flight.headers_released = true;
+        return (d, Some(flight));
+    }
+    (d, None)
+}
+
+/// The model check of a request; `Some` with the 403 to answer.
+fn judge_model(
+    flight: &mut InFlight,
+    check: &ModelCheck,
+    field: Option<ModelField>,
+) -> Option<LocalReply> {
+    let judgement = check.judge(&flight.identities, field);
+    if let Some(model) = &judgement.model {
+        flight
+            .properties
+            .push((MODEL_PROPERTY, jwt::loggable(model)));
+    }
+    if judgement.unreadable {
+        flight.counters.push(Counter::ModelUnreadable);
+    }
+    flight.counters.push(match judgement.denial {
+        Some(_) => Counter::ModelDenied,
+        None => Counter::ModelAllowed,
+    });
+    flight.note(|| match &judgement.denial {
+        Some(reply) => format!("model_check: denied ({})", reply.details),
+        None => "model_check: allowed".into(),
+    });
+    judgement.denial
+}
+
+/// The first `max` bytes of `body`, and whether there was more.
+fn start_of(body: &[u8], truncated: bool, max: usize) -> (&[u8], bool) {
+    match body.get(..max) {
+        Some(start) if body.len() > max => (start, true),
+        _ => (body, truncated),
+    }
+}
+
+/// The buffered body (at most `max_bytes`; `truncated` when the client sent
+/// more): the model check, then the passthrough, each on its own share.
 pub fn on_request_body(
     cfg: &FilterConfig,
     store: &dyn SharedStore,
@@ -290,14 +380,22 @@ pub fn on_request_body(
 ) -> (Decision, Option<InFlight>) {
     let mut flight = flight;
     flight.now = now;
-    let Some(authz) = &cfg.ext_authz else {
-        return (flight.decision(cfg, Step::Continue(Vec::new())), None);
+    if let Some(check) = flight.model_rule.take().and_then(|i| model_check(cfg, i)) {
+        let (start, cut) = start_of(body, truncated, check.max_body_bytes);
+        let field = model_field(start, cut);
+        if let Some(reply) = judge_model(&mut flight, check, Some(field)) {
+            return (flight.decision(cfg, Step::Reply(reply)), None);
+        }
+    }
+    let authz = match &cfg.ext_authz {
+        Some(authz) if flight.authz_after_body => authz,
+        _ => return (flight.decision(cfg, Step::Continue(Vec::new())), None),
     };
-    let allow_partial = authz
-        .with_request_body
-        .as_ref()
-        .is_some_and(|b| b.allow_partial);
-    if truncated && !allow_partial {
+    let Some(with_body) = &authz.with_request_body else {
+        return ask_auth_service(cfg, authz, store, flight, None, now);
+    };
+    let (start, cut) = start_of(body, truncated, with_body.max_bytes);
+    if cut && !with_body.allow_partial {
         flight.note(|| "ext_authz: request body above max_request_bytes".into());
         let reply = LocalReply::json_error(
             413,
@@ -306,7 +404,7 @@ pub fn on_request_body(
         );
         return (flight.decision(cfg, Step::Reply(reply)), None);
     }
-    ask_auth_service(cfg, authz, store, flight, Some((body, truncated)), now)
+    ask_auth_service(cfg, authz, store, flight, Some((start, cut)), now)
 }
 
 fn ask_auth_service(
@@ -394,7 +492,8 @@ fn apply_decision(
             flight.note(|| "ext_authz: allowed".into());
             if flight.headers_released {
                 // Body mode: the edits were made before the headers went on
-                // (the configuration refuses what could only be done now).
+                // (the configuration refuses what could only be done now,
+                // with `with_request_body` or a model check).
                 let mut d = flight.decision(cfg, Step::Continue(Vec::new()));
                 d.response_headers = client_headers;
                 return d;

@@ -22,6 +22,7 @@ pub mod ext_authz;
 pub mod flow;
 pub mod jwks;
 pub mod jwt;
+pub mod models;
 pub mod request;
 pub mod response;
 pub mod route;

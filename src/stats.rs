@@ -38,10 +38,13 @@ pub enum Counter {
     ApiKeyUnknown,
     ApiKeyExpired,
     ApiKeyMissing,
+    ModelAllowed,
+    ModelDenied,
+    ModelUnreadable,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 34] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -73,6 +76,9 @@ impl Counter {
         Counter::ApiKeyUnknown,
         Counter::ApiKeyExpired,
         Counter::ApiKeyMissing,
+        Counter::ModelAllowed,
+        Counter::ModelDenied,
+        Counter::ModelUnreadable,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -109,6 +115,9 @@ impl Counter {
             Counter::ApiKeyUnknown => "jwt_authn.api_key_unknown",
             Counter::ApiKeyExpired => "jwt_authn.api_key_expired",
             Counter::ApiKeyMissing => "jwt_authn.api_key_missing",
+            Counter::ModelAllowed => "model_check.allowed",
+            Counter::ModelDenied => "model_check.denied",
+            Counter::ModelUnreadable => "model_check.unreadable",
         }
     }
 

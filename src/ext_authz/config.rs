@@ -175,6 +175,9 @@ pub struct ExtAuthz {
     pub failure_mode_allow_header_add: bool,
     pub status_on_error: u16,
     pub with_request_body: Option<BodyPolicy>,
+    /// The field that makes the service's answer edit request headers
+    /// (impossible once the headers are released for a body check).
+    pub answer_edits_headers: Option<String>,
     pub claims_to_headers: Vec<(String, Vec<String>)>,
     pub rules: Vec<(RouteMatch, bool)>,
     pub decision_cache: Option<DecisionCacheConfig>,
@@ -292,18 +295,19 @@ impl ExtAuthz {
             resp.allowed_upstream_headers_to_append,
             &format!("{rs}.allowed_upstream_headers_to_append"),
         )?;
+        // The field that makes the answer edit request headers, if any.
+        let answer_edits_headers = if upstream_headers.is_some() {
+            Some(format!("{rs}.allowed_upstream_headers"))
+        } else if upstream_headers_to_append.is_some() {
+            Some(format!("{rs}.allowed_upstream_headers_to_append"))
+        } else if raw.failure_mode_allow_header_add {
+            Some("failure_mode_allow_header_add".to_string())
+        } else {
+            None
+        };
         if with_request_body.is_some() {
             // In body mode the headers are gone before the service answers (see flow.rs).
-            let refused = if upstream_headers.is_some() {
-                Some(format!("{rs}.allowed_upstream_headers"))
-            } else if upstream_headers_to_append.is_some() {
-                Some(format!("{rs}.allowed_upstream_headers_to_append"))
-            } else if raw.failure_mode_allow_header_add {
-                Some("failure_mode_allow_header_add".to_string())
-            } else {
-                None
-            };
-            if let Some(field) = refused {
+            if let Some(field) = answer_edits_headers.clone() {
                 return Err(ConfigError::new(
                     field,
                     "cannot be combined with with_request_body: Envoy's proxy-wasm ABI lets no filter edit request headers once it reads the body",
@@ -311,6 +315,7 @@ impl ExtAuthz {
             }
         }
         Ok(ExtAuthz {
+            answer_edits_headers,
             server_uri,
             path_prefix: svc.path_prefix,
             allowed_headers: HeaderList::compile(

@@ -9,6 +9,7 @@ use super::keys::{parse_jwks, KeySet, SkippedKey};
 use super::protected_resource::{Facts, ProtectedResource, RawProtectedResource};
 use crate::apikeys::config::RawApiKey;
 use crate::apikeys::ApiKeys;
+use crate::models::{ModelCheck, RawModelCheck};
 use crate::request::RequestView;
 use crate::response::{is_valid_header_value, ErrorFormat};
 use crate::route::{RawRouteMatch, RouteMatch};
@@ -137,6 +138,8 @@ struct RawRule {
     error_format: Option<ErrorFormat>,
     /// RFC 9728 metadata for the routes of this rule.
     protected_resource: Option<RawProtectedResource>,
+    /// Which models the caller may ask for in the body (`crate::models`).
+    model_check: Option<RawModelCheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,6 +363,8 @@ pub struct Rule {
     pub error_format: Option<ErrorFormat>,
     /// What this rule's `WWW-Authenticate` says besides the error.
     pub challenge: RuleChallenge,
+    /// The body's `model` is checked against the identity's allow-list.
+    pub model_check: Option<ModelCheck>,
 }
 
 #[derive(Debug)]
@@ -424,6 +429,18 @@ impl JwtAuthn {
                     "claim rules need a `requires` that verifies a token",
                 ));
             }
+            let model_check = r
+                .model_check
+                .map(|m| {
+                    ModelCheck::compile(m).map_err(|e| e.under(&format!("{path}.model_check")))
+                })
+                .transpose()?;
+            if model_check.is_some() && requirement.is_none() {
+                return Err(ConfigError::new(
+                    format!("{path}.model_check"),
+                    "a model check needs a `requires`: the allowed models come from the verified identity",
+                ));
+            }
             let challenge = rule_challenge(
                 &providers,
                 requirement.as_ref(),
@@ -438,6 +455,7 @@ impl JwtAuthn {
                 claim_rules,
                 error_format: r.error_format,
                 challenge,
+                model_check,
             });
         }
         if rules.is_empty() {

@@ -19,6 +19,7 @@ mod jwks_remote;
 mod jwt_authn;
 mod large_tokens;
 mod layering;
+mod models;
 mod mtls;
 mod protected_resource;
 mod robustness;

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -139,17 +139,10 @@ fn read_body(
     if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         let mut body = Vec::new();
         for _ in 0..100_000 {
-            let size_line = read_line(r)?;
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| format!("bad chunk size {size_line:?}"))?;
-            if size == 0 {
-                read_headers(r)?;
-                return Ok(body);
+            match read_chunk(r)? {
+                Some(chunk) => body.extend(chunk),
+                None => return Ok(body),
             }
-            let mut chunk = vec![0; size];
-            r.read_exact(&mut chunk).map_err(|e| e.to_string())?;
-            body.extend(chunk);
-            read_line(r)?;
         }
         return Err("too many chunks".into());
     }
@@ -164,6 +157,120 @@ fn read_body(
         r.read_to_end(&mut body).map_err(|e| e.to_string())?;
     }
     Ok(body)
+}
+
+/// One chunk of a chunked body; `None` after the last (trailers read).
+fn read_chunk(r: &mut impl BufRead) -> Result<Option<Vec<u8>>, String> {
+    let size_line = read_line(r)?;
+    let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+        .map_err(|_| format!("bad chunk size {size_line:?}"))?;
+    if size == 0 {
+        read_headers(r)?;
+        return Ok(None);
+    }
+    let mut chunk = vec![0; size];
+    r.read_exact(&mut chunk).map_err(|e| e.to_string())?;
+    read_line(r)?;
+    Ok(Some(chunk))
+}
+
+/// A response read as it arrives: the head at once, then the chunks of its
+/// body one by one (to see that a stream is not held back).
+pub struct StreamingResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+    pub received: Vec<u8>,
+}
+
+impl StreamingResponse {
+    /// Sends a request and reads the response's head.
+    pub fn open(
+        port: u16,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<StreamingResponse, String> {
+        let mut raw =
+            format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len())
+                .into_bytes();
+        for (k, v) in headers {
+            raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        raw.extend_from_slice(body);
+        let stream =
+            TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect {port}: {e}"))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).ok();
+        let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+        writer.write_all(&raw).map_err(|e| format!("write: {e}"))?;
+        let mut reader = BufReader::new(stream);
+        let status_line = read_line(&mut reader)?;
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let headers = read_headers(&mut reader)?;
+        Ok(StreamingResponse {
+            status,
+            headers,
+            reader,
+            received: Vec::new(),
+        })
+    }
+
+    /// Reads chunks until the body so far contains `needle` (each read
+    /// bounded by the I/O timeout); `Err` if the body ends first.
+    pub fn read_until(&mut self, needle: &str) -> Result<(), String> {
+        for _ in 0..10_000 {
+            if String::from_utf8_lossy(&self.received).contains(needle) {
+                return Ok(());
+            }
+            match read_chunk(&mut self.reader)? {
+                Some(chunk) => self.received.extend(chunk),
+                None => return Err(format!("the body ended without {needle:?}")),
+            }
+        }
+        Err("too many chunks".into())
+    }
+
+    /// Reads the rest of the body.
+    pub fn read_to_end(&mut self) -> Result<(), String> {
+        for _ in 0..10_000 {
+            match read_chunk(&mut self.reader)? {
+                Some(chunk) => self.received.extend(chunk),
+                None => return Ok(()),
+            }
+        }
+        Err("too many chunks".into())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received).into_owned()
+    }
+}
+
+/// A latch a test opens for a server that waits on it (bounded).
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn open(&self) {
+        let (lock, cv) = &*self.0;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+
+    /// Waits until the gate is open or `limit` passes; whether it opened.
+    pub fn wait(&self, limit: Duration) -> bool {
+        let (lock, cv) = &*self.0;
+        let guard = lock.lock().unwrap();
+        let (guard, _) = cv.wait_timeout_while(guard, limit, |open| !*open).unwrap();
+        *guard
+    }
 }
 
 pub fn read_response(r: &mut impl BufRead) -> Result<Response, String> {
@@ -240,6 +347,15 @@ pub enum Action {
     Close,
     /// Write bytes that are not HTTP, then close.
     Garbage(Vec<u8>),
+    /// A chunked response: `first` at once, `rest` once the gate opens (or
+    /// after the I/O timeout): a stream a test can watch arrive.
+    GatedStream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        first: Vec<u8>,
+        gate: Gate,
+        rest: Vec<u8>,
+    },
     /// Write `bytes` as they are (a status line and headers of our own
     /// making), then end the connection as `then` says. The misbehaving
     /// services of `crate::misbehaving` are made of this and `Trickle`.
@@ -310,6 +426,8 @@ pub struct Server {
     requests: Arc<Mutex<Vec<Recorded>>>,
     handler: Arc<Mutex<Handler>>,
     stop: Arc<AtomicBool>,
+    /// Request heads received, counted before their bodies are read.
+    heads: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -338,15 +456,21 @@ impl Server {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Mutex<Handler>> = Arc::new(Mutex::new(Arc::new(handler)));
         let stop = Arc::new(AtomicBool::new(false));
-        let (reqs, h, st) = (requests.clone(), handler.clone(), stop.clone());
+        let heads = Arc::new(AtomicUsize::new(0));
+        let (reqs, h, st, hd) = (
+            requests.clone(),
+            handler.clone(),
+            stop.clone(),
+            heads.clone(),
+        );
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (reqs, h) = (reqs.clone(), h.clone());
-                thread::spawn(move || serve_connection(conn, reqs, h));
+                let (reqs, h, hd) = (reqs.clone(), h.clone(), hd.clone());
+                thread::spawn(move || serve_connection(conn, reqs, h, hd));
             }
         });
         Server {
@@ -354,6 +478,7 @@ impl Server {
             requests,
             handler,
             stop,
+            heads,
         }
     }
 
@@ -399,6 +524,12 @@ impl Server {
         self.requests.lock().unwrap().len()
     }
 
+    /// How many request heads arrived, counted as soon as a head is read
+    /// and before its body: a request whose body is still on its way counts.
+    pub fn heads_seen(&self) -> usize {
+        self.heads.load(Ordering::SeqCst)
+    }
+
     pub fn clear(&self) {
         self.requests.lock().unwrap().clear();
     }
@@ -416,6 +547,7 @@ fn serve_connection(
     conn: TcpStream,
     requests: Arc<Mutex<Vec<Recorded>>>,
     handler: Arc<Mutex<Handler>>,
+    heads: Arc<AtomicUsize>,
 ) {
     conn.set_read_timeout(Some(Duration::from_secs(60))).ok();
     conn.set_write_timeout(Some(IO_TIMEOUT)).ok();
@@ -435,6 +567,7 @@ fn serve_connection(
         let Ok(headers) = read_headers(&mut reader) else {
             return;
         };
+        heads.fetch_add(1, Ordering::SeqCst);
         let Ok(body) = read_body(&mut reader, &headers, false) else {
             return;
         };
@@ -497,6 +630,25 @@ fn serve_connection(
                     }
                     return;
                 }
+                Action::GatedStream {
+                    status,
+                    headers,
+                    first,
+                    gate,
+                    rest,
+                } => {
+                    let sent = write_stream_head(&mut writer, status, &headers)
+                        .and_then(|_| write_chunk(&mut writer, &first))
+                        .and_then(|_| {
+                            gate.wait(IO_TIMEOUT);
+                            write_chunk(&mut writer, &rest)
+                        })
+                        .and_then(|_| writer.write_all(b"0\r\n\r\n"));
+                    if sent.is_err() {
+                        return;
+                    }
+                    break;
+                }
                 Action::Respond {
                     status,
                     headers,
@@ -527,23 +679,36 @@ fn write_stream(
     chunks: &[Vec<u8>],
     gap: Duration,
 ) -> std::io::Result<()> {
+    write_stream_head(writer, status, headers)?;
+    for (i, chunk) in chunks.iter().filter(|c| !c.is_empty()).enumerate() {
+        if i > 0 {
+            thread::sleep(gap);
+        }
+        write_chunk(writer, chunk)?;
+    }
+    writer.write_all(b"0\r\n\r\n")
+}
+
+fn write_stream_head(
+    writer: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("transfer-encoding: chunked\r\n\r\n");
-    writer.write_all(head.as_bytes())?;
-    for (i, chunk) in chunks.iter().filter(|c| !c.is_empty()).enumerate() {
-        if i > 0 {
-            thread::sleep(gap);
-        }
-        let mut out = format!("{:x}\r\n", chunk.len()).into_bytes();
-        out.extend_from_slice(chunk);
-        out.extend_from_slice(b"\r\n");
-        writer.write_all(&out)?;
-        writer.flush()?;
-    }
-    writer.write_all(b"0\r\n\r\n")
+    writer.write_all(head.as_bytes())
+}
+
+/// One chunk of a chunked body, sent at once.
+fn write_chunk(writer: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    writer.write_all(&out)?;
+    writer.flush()
 }
 
 /// Makes the coming close a TCP reset rather than an orderly FIN.

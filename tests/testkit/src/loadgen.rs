@@ -25,6 +25,8 @@ pub struct Config {
     pub path: String,
     /// Sent after `host`, in this order.
     pub headers: Vec<(String, String)>,
+    /// A request body: sent as a POST with its `content-length`; empty: a GET.
+    pub body: Vec<u8>,
     pub connections: usize,
     /// Poll loops (threads) the connections are spread over.
     pub threads: usize,
@@ -42,6 +44,7 @@ impl Config {
             port,
             path: path.into(),
             headers: Vec::new(),
+            body: Vec::new(),
             connections: 16,
             threads: 1,
             warmup: Duration::from_secs(1),
@@ -50,10 +53,11 @@ impl Config {
         }
     }
 
-    /// The raw GET request every connection sends.
+    /// The raw request every connection sends: a GET, or a POST of `body`.
     pub fn request_bytes(&self) -> Vec<u8> {
+        let method = if self.body.is_empty() { "GET" } else { "POST" };
         let mut raw = format!(
-            "GET {} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\n",
+            "{method} {} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\n",
             self.path, self.port
         )
         .into_bytes();
@@ -63,7 +67,11 @@ impl Config {
             raw.extend_from_slice(v.as_bytes());
             raw.extend_from_slice(b"\r\n");
         }
+        if !self.body.is_empty() {
+            raw.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
+        }
         raw.extend_from_slice(b"\r\n");
+        raw.extend_from_slice(&self.body);
         raw
     }
 }
