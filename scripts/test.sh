@@ -36,4 +36,7 @@ echo "== the same gateway under docker compose (images built here FROM scratch)"
 GATEWAY_PORT=${COMPOSE_GATEWAY_PORT:-10110} IDP_PORT=${COMPOSE_IDP_PORT:-10111} ADMIN_PORT=${COMPOSE_ADMIN_PORT:-10109} \
   scripts/compose.sh --check | sed -n '/^ok \|^FAIL\|^compose/p'
 
+echo "== the OCI image of the .wasm (what Istio and Envoy Gateway pull)"
+scripts/build-oci.sh --check >/dev/null
+
 echo "== all checks passed"
