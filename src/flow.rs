@@ -24,6 +24,7 @@ use crate::credentials::oauth2::UpstreamToken;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
 use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
+use crate::introspection::{Answer, Fresh, TokenDigest};
 use crate::jwt::error::JwtError;
 use crate::jwt::keys::KeySet;
 use crate::jwt::{self, cache::VerifiedCache, Identity};
@@ -120,9 +121,59 @@ pub struct InFlight {
     model_rule: Option<usize>,
     /// The passthrough asks its service once the body is there.
     authz_after_body: bool,
+    /// Introspection answers got for this request; the JWT stage runs
+    /// again with them.
+    introspected: Vec<Fresh>,
+    /// The introspection call in flight: provider and token digest.
+    introspecting: Option<(usize, TokenDigest)>,
 }
 
 impl InFlight {
+    fn new(req: RequestView, state: &WorkerState, now: u64) -> Self {
+        InFlight {
+            req,
+            ops: Vec::new(),
+            identities: Vec::new(),
+            log: Vec::new(),
+            counters: Vec::new(),
+            cache_key: None,
+            headers_released: false,
+            jwks_refresh: Vec::new(),
+            tokens: state.upstream_tokens.clone(),
+            now,
+            properties: Vec::new(),
+            model_rule: None,
+            authz_after_body: false,
+            introspected: Vec::new(),
+            introspecting: None,
+        }
+    }
+
+    /// The same request, to run the stages again from the start (nothing
+    /// was applied yet: the JWT stage is the first): only what was learnt
+    /// about it is kept.
+    fn restart(self, state: &WorkerState, now: u64) -> Self {
+        let mut next = InFlight::new(self.req, state, now);
+        next.introspected = self.introspected;
+        // Not handed to the host yet.
+        next.counters = self.counters;
+        next.log = self.log;
+        next
+    }
+
+    /// The largest introspection reply body worth reading, when this
+    /// request waits for one (one byte over the limit tells "too large").
+    pub fn introspection_reply_limit(&self, cfg: &FilterConfig) -> Option<usize> {
+        let (provider, _) = self.introspecting.as_ref()?;
+        let intro = cfg
+            .jwt_authn
+            .as_ref()?
+            .providers
+            .get(*provider)?
+            .introspection()?;
+        Some(intro.introspection.max_response_bytes.saturating_add(1))
+    }
+
     /// Adds to the debug line, only when debug logging is on: formatting
     /// costs measurable time per request in the VM.
     fn note(&mut self, line: impl FnOnce() -> String) {
@@ -144,7 +195,7 @@ impl InFlight {
         Decision {
             step,
             counters: std::mem::take(&mut self.counters),
-            log: self.log.join("; "),
+            log: std::mem::take(&mut self.log).join("; "),
             properties: std::mem::take(&mut self.properties),
             response_headers: Vec::new(),
             jwks_refresh: std::mem::take(&mut self.jwks_refresh),
@@ -171,7 +222,8 @@ pub fn on_request_headers(
     req: RequestView,
     now: u64,
 ) -> (Decision, Option<InFlight>) {
-    run(cfg, state, store, req, now, true)
+    let flight = InFlight::new(req, state, now);
+    run(cfg, state, store, flight, now, true)
 }
 
 /// The remote keys a held request waited for are loaded, or its wait is
@@ -183,32 +235,18 @@ pub fn on_keys_loaded(
     flight: InFlight,
     now: u64,
 ) -> (Decision, Option<InFlight>) {
-    run(cfg, state, store, flight.req, now, false)
+    let flight = flight.restart(state, now);
+    run(cfg, state, store, flight, now, false)
 }
 
 fn run(
     cfg: &FilterConfig,
     state: &mut WorkerState,
     store: &dyn SharedStore,
-    req: RequestView,
+    mut flight: InFlight,
     now: u64,
     may_wait_for_keys: bool,
 ) -> (Decision, Option<InFlight>) {
-    let mut flight = InFlight {
-        req,
-        ops: Vec::new(),
-        identities: Vec::new(),
-        log: Vec::new(),
-        counters: Vec::new(),
-        cache_key: None,
-        headers_released: false,
-        jwks_refresh: Vec::new(),
-        tokens: state.upstream_tokens.clone(),
-        now,
-        properties: Vec::new(),
-        model_rule: None,
-        authz_after_body: false,
-    };
     let mut model_rule = None;
     if let Some(jwt_cfg) = &cfg.jwt_authn {
         if let Some(doc) = jwt_cfg.resource_metadata(&flight.req) {
@@ -223,6 +261,7 @@ fn run(
             &mut state.jwt_cache,
             &state.remote_keys,
             store,
+            &flight.introspected,
         );
         flight.counters.extend(outcome.counters);
         flight.jwks_refresh = outcome.refresh;
@@ -234,6 +273,28 @@ fn run(
                 flight.counters.retain(|c| *c != Counter::JwtDenied);
                 flight.note(|| "jwt_authn: waiting for the remote keys".into());
                 return (flight.decision(cfg, Step::WaitForKeys), Some(flight));
+            }
+            // An opaque token neither this request nor the cache has an
+            // answer for: ask the endpoint, then run the stage again. Each
+            // call adds an answer the next run uses, so this ends.
+            Err(JwtError::IntrospectionPending) => {
+                if let Some(needed) = outcome.introspect {
+                    let provider = needed.provider;
+                    flight.note(|| format!("jwt_authn: introspecting for provider {provider}"));
+                    flight.introspecting = Some((needed.provider, needed.digest));
+                    return (
+                        flight.decision(cfg, Step::Callout(needed.request)),
+                        Some(flight),
+                    );
+                }
+                let reply = jwt::denial_reply(
+                    jwt_cfg,
+                    outcome.rule,
+                    &JwtError::IntrospectionFailed(503),
+                    &flight.req,
+                    outcome.scheme,
+                );
+                return (flight.decision(cfg, Step::Reply(reply)), None);
             }
             Err(e) => {
                 flight.note(|| format!("jwt_authn: denied rule={} reason={}", rule(), e.code()));
@@ -431,8 +492,74 @@ fn ask_auth_service(
     (flight.decision(cfg, Step::Callout(request)), Some(flight))
 }
 
-/// The auth service's reply (or its absence: `status: None`).
+/// A callout's reply (or its absence: `status: None`): the introspection
+/// endpoint's, or the auth service's.
 pub fn on_callout_response(
+    cfg: &FilterConfig,
+    state: &mut WorkerState,
+    store: &dyn SharedStore,
+    mut flight: InFlight,
+    reply: CalloutResponse,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    if let Some((provider, digest)) = flight.introspecting.take() {
+        return introspected(cfg, state, store, flight, provider, digest, &reply, now);
+    }
+    (
+        on_auth_service_response(cfg, store, flight, reply, now),
+        None,
+    )
+}
+
+/// The introspection endpoint answered (or did not): the answer is
+/// counted, cached when it may be, and the stages run again with it.
+#[allow(clippy::too_many_arguments)]
+fn introspected(
+    cfg: &FilterConfig,
+    state: &mut WorkerState,
+    store: &dyn SharedStore,
+    mut flight: InFlight,
+    provider: usize,
+    digest: TokenDigest,
+    reply: &CalloutResponse,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    let Some(jwt_cfg) = cfg.jwt_authn.as_ref() else {
+        return (finish(cfg, &mut flight), None);
+    };
+    let answer = match jwt_cfg
+        .providers
+        .get(provider)
+        .and_then(|p| p.introspection())
+    {
+        Some(p) => {
+            let answer = p.introspection.answer(reply);
+            p.introspection
+                .remember(&jwt_cfg.namespace, provider, store, &digest, &answer, now);
+            answer
+        }
+        None => Answer::Failed("not an introspection provider".into()),
+    };
+    match &answer {
+        Answer::Active(_) => flight.counters.push(Counter::IntrospectionActive),
+        Answer::Inactive => flight.counters.push(Counter::IntrospectionInactive),
+        Answer::Failed(why) => {
+            flight.counters.push(Counter::IntrospectionFailed);
+            // Worth a warning whatever the log level: the IdP is failing.
+            log::warn!("ai_auth: introspection for provider {provider} failed: {why}");
+        }
+    }
+    flight.introspected.push(Fresh {
+        provider,
+        digest,
+        answer,
+    });
+    let flight = flight.restart(state, now);
+    run(cfg, state, store, flight, now, true)
+}
+
+/// The auth service's reply (or its absence: `status: None`).
+fn on_auth_service_response(
     cfg: &FilterConfig,
     store: &dyn SharedStore,
     mut flight: InFlight,
@@ -461,9 +588,19 @@ pub fn on_callout_response(
 }
 
 /// The host could not send the callout at all.
-pub fn on_callout_failed(cfg: &FilterConfig, mut flight: InFlight) -> Decision {
+pub fn on_callout_failed(
+    cfg: &FilterConfig,
+    state: &mut WorkerState,
+    store: &dyn SharedStore,
+    mut flight: InFlight,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    if flight.introspecting.is_some() {
+        // As no answer at all: a failure, never cached.
+        return on_callout_response(cfg, state, store, flight, CalloutResponse::default(), now);
+    }
     flight.note(|| "ext_authz: the call could not be dispatched".into());
-    match &cfg.ext_authz {
+    let decision = match &cfg.ext_authz {
         Some(authz) => apply_decision(
             cfg,
             authz,
@@ -471,7 +608,8 @@ pub fn on_callout_failed(cfg: &FilterConfig, mut flight: InFlight) -> Decision {
             &AuthDecision::Error(ErrorKind::DispatchFailed),
         ),
         None => finish(cfg, &mut flight),
-    }
+    };
+    (decision, None)
 }
 
 fn apply_decision(

@@ -20,6 +20,7 @@ pub mod config;
 pub mod credentials;
 pub mod ext_authz;
 pub mod flow;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod models;

@@ -41,10 +41,15 @@ pub enum Counter {
     ModelAllowed,
     ModelDenied,
     ModelUnreadable,
+    IntrospectionCacheHit,
+    IntrospectionCacheMiss,
+    IntrospectionActive,
+    IntrospectionInactive,
+    IntrospectionFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 34] = [
+    pub const ALL: [Counter; 39] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -79,6 +84,11 @@ impl Counter {
         Counter::ModelAllowed,
         Counter::ModelDenied,
         Counter::ModelUnreadable,
+        Counter::IntrospectionCacheHit,
+        Counter::IntrospectionCacheMiss,
+        Counter::IntrospectionActive,
+        Counter::IntrospectionInactive,
+        Counter::IntrospectionFailed,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -118,6 +128,11 @@ impl Counter {
             Counter::ModelAllowed => "model_check.allowed",
             Counter::ModelDenied => "model_check.denied",
             Counter::ModelUnreadable => "model_check.unreadable",
+            Counter::IntrospectionCacheHit => "jwt_authn.introspection_cache_hit",
+            Counter::IntrospectionCacheMiss => "jwt_authn.introspection_cache_miss",
+            Counter::IntrospectionActive => "jwt_authn.introspection_active",
+            Counter::IntrospectionInactive => "jwt_authn.introspection_inactive",
+            Counter::IntrospectionFailed => "jwt_authn.introspection_failed",
         }
     }
 

@@ -14,8 +14,8 @@
 use crate::callout::{CalloutRequest, CalloutResponse};
 use crate::response::is_valid_header_value;
 use crate::secret::Secret;
+use crate::vocab::client_auth::{ClientAuthMethod, ClientCredentials, Form};
 use crate::vocab::{duration, ConfigError, DataSource, Environment, HttpUri, RawHttpUri};
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -38,8 +38,7 @@ pub struct RawOAuth2 {
     #[serde(default)]
     scopes: Vec<String>,
     /// `body` (client_secret_post, default) or `basic` (client_secret_basic).
-    #[serde(default)]
-    client_auth: ClientAuth,
+    client_auth: Option<ClientAuthMethod>,
     /// Envoy's `config.core.v3.BackoffStrategy`: when a fetch fails.
     retry_back_off: Option<RawBackOff>,
 }
@@ -113,21 +112,11 @@ impl BackOff {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    #[default]
-    Body,
-    Basic,
-}
-
 #[derive(Debug, Clone)]
 pub struct OAuth2 {
     token_uri: HttpUri,
-    client_id: String,
-    client_secret: Secret,
+    client: ClientCredentials,
     scopes: Vec<String>,
-    client_auth: ClientAuth,
     retry: BackOff,
 }
 
@@ -135,23 +124,17 @@ impl OAuth2 {
     pub fn compile(raw: RawOAuth2, env: &dyn Environment) -> Result<Self, ConfigError> {
         let token_uri =
             HttpUri::compile(raw.token_uri, DEFAULT_TIMEOUT).map_err(|e| e.under("token_uri"))?;
-        if raw.client_id.is_empty() {
-            return Err(ConfigError::new("client_id", "must not be empty"));
-        }
-        let secret = raw
-            .client_secret
-            .read(env)
-            .map_err(|e| e.under("client_secret"))?;
-        if secret.is_empty() {
-            return Err(ConfigError::new("client_secret", "the secret is empty"));
-        }
+        let client = ClientCredentials::compile(
+            raw.client_id,
+            raw.client_secret,
+            raw.client_auth.unwrap_or(ClientAuthMethod::Post),
+            env,
+        )?;
         let retry = BackOff::compile(raw.retry_back_off).map_err(|e| e.under("retry_back_off"))?;
         Ok(OAuth2 {
             token_uri,
-            client_id: raw.client_id,
-            client_secret: Secret::new(secret),
+            client,
             scopes: raw.scopes,
-            client_auth: raw.client_auth,
             retry,
         })
     }
@@ -159,9 +142,10 @@ impl OAuth2 {
     /// The token request (RFC 6749 4.4). Its body or header holds the
     /// client secret: it is sent, never logged.
     fn request(&self) -> CalloutRequest {
-        let mut form = vec![("grant_type", "client_credentials".to_string())];
+        let mut form = Form::default();
+        form.push("grant_type", "client_credentials");
         if !self.scopes.is_empty() {
-            form.push(("scope", self.scopes.join(" ")));
+            form.push("scope", &self.scopes.join(" "));
         }
         let mut headers = vec![
             (":method".to_string(), "POST".to_string()),
@@ -173,49 +157,14 @@ impl OAuth2 {
             ),
             ("accept".to_string(), "application/json".to_string()),
         ];
-        match self.client_auth {
-            ClientAuth::Body => {
-                form.push(("client_id", self.client_id.clone()));
-                form.push(("client_secret", self.client_secret.expose().to_string()));
-            }
-            ClientAuth::Basic => {
-                // RFC 6749 2.3.1: both parts form-urlencoded, then Basic.
-                let pair = format!(
-                    "{}:{}",
-                    form_encode(&self.client_id),
-                    form_encode(self.client_secret.expose())
-                );
-                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-                headers.push(("authorization".to_string(), format!("Basic {encoded}")));
-            }
-        }
-        let body = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", form_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        self.client.authenticate(&mut headers, &mut form);
         CalloutRequest {
             cluster: self.token_uri.cluster.clone(),
             headers,
-            body: body.into_bytes(),
+            body: form.into_bytes(),
             timeout: self.token_uri.timeout,
         }
     }
-}
-
-/// application/x-www-form-urlencoded.
-fn form_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(char::from(b))
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// The margin before expiry in which a token of `lifetime` seconds is not
@@ -472,6 +421,7 @@ mod tests {
             .iter()
             .find(|(k, _)| k == "authorization")
             .unwrap();
+        use base64::Engine;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.1.strip_prefix("Basic ").unwrap())
             .unwrap();

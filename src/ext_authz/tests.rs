@@ -272,11 +272,13 @@ fn flow_calls_out_then_continues_and_caches() {
     assert!(d.counters.contains(&Counter::ExtAuthzCacheMiss));
     let d = flow::on_callout_response(
         &cfg,
+        &mut WorkerState::new(&cfg),
         &store,
         flight.unwrap(),
         reply(200, &[("x-user-id", "42")], ""),
         100,
-    );
+    )
+    .0;
     let Step::Continue(ops) = d.step else {
         panic!()
     };
@@ -310,7 +312,15 @@ fn errors_are_never_cached() {
     let store = MemoryStore::default();
     let (_, flight) =
         flow::on_request_headers(&cfg, &mut state, &store, req(&[("x-api-key", "k")]), 0);
-    let d = flow::on_callout_response(&cfg, &store, flight.unwrap(), reply(503, &[], ""), 0);
+    let d = flow::on_callout_response(
+        &cfg,
+        &mut WorkerState::new(&cfg),
+        &store,
+        flight.unwrap(),
+        reply(503, &[], ""),
+        0,
+    )
+    .0;
     assert!(matches!(d.step, Step::Reply(ref r) if r.status == 403));
     let (d, _) = flow::on_request_headers(&cfg, &mut state, &store, req(&[("x-api-key", "k")]), 1);
     assert!(
@@ -361,7 +371,15 @@ fn body_mode_releases_headers_then_decides_on_the_body() {
     assert_eq!(header(&call.headers, PARTIAL_BODY_HEADER), Some("true"));
     assert_eq!(header(&call.headers, "content-length"), Some("4"));
     // Allowed: nothing left to edit, the held body goes on.
-    let d = flow::on_callout_response(&partial, &store, flight.unwrap(), reply(200, &[], ""), 0);
+    let d = flow::on_callout_response(
+        &partial,
+        &mut WorkerState::new(&partial),
+        &store,
+        flight.unwrap(),
+        reply(200, &[], ""),
+        0,
+    )
+    .0;
     assert_eq!(d.step, Step::Continue(vec![]));
 
     // Without a body, the check happens on the headers with an empty body.

@@ -195,8 +195,21 @@ impl Shared {
                             "#{context_id} ai_auth: cannot call cluster {}: {status:?}",
                             request.cluster
                         );
-                        let decision = flow::on_callout_failed(&self.config, flight);
-                        self.perform(context_id, decision, None, site)
+                        let Some(now) = self.clock() else {
+                            return internal_error(context_id, NO_CLOCK);
+                        };
+                        let result = match self.state.try_borrow_mut() {
+                            Ok(mut state) => flow::on_callout_failed(
+                                &self.config,
+                                &mut state,
+                                &SharedData,
+                                flight,
+                                now,
+                            ),
+                            Err(_) => return internal_error(context_id, "worker state busy"),
+                        };
+                        let (decision, next) = result;
+                        self.perform(context_id, decision, next, site)
                     }
                 }
             }
@@ -251,7 +264,12 @@ impl Shared {
         // Read the reply before switching to the stream's context, and only
         // what the decision needs (each read is a call into the VM).
         let status = hostcalls::callout_status();
-        let authz = self.config.ext_authz.as_ref();
+        let introspection_limit = pending.flight.introspection_reply_limit(&self.config);
+        let authz = self
+            .config
+            .ext_authz
+            .as_ref()
+            .filter(|_| introspection_limit.is_none());
         let mut headers = if authz.is_some_and(|a| a.needs_reply_headers(status)) {
             hostcalls::callout_response_headers()
         } else {
@@ -260,7 +278,9 @@ impl Shared {
         if let Some(s) = status {
             headers.push((":status".to_string(), s.to_string()));
         }
-        let body = if body_size > 0 && authz.is_some_and(|a| a.needs_reply_body(status)) {
+        let body = if let Some(limit) = introspection_limit {
+            hostcalls::callout_response_body(body_size.min(limit))
+        } else if body_size > 0 && authz.is_some_and(|a| a.needs_reply_body(status)) {
             // A denial's body goes to the client; a runaway one is cut (as
             // Envoy's max_denied_response_body_bytes does).
             hostcalls::callout_response_body(body_size.min(crate::ext_authz::MAX_DENIED_BODY_BYTES))
@@ -272,9 +292,22 @@ impl Shared {
             self.fail_closed(context_id, site, NO_CLOCK);
             return;
         };
-        let decision =
-            flow::on_callout_response(&self.config, &SharedData, pending.flight, reply, now);
-        self.perform(context_id, decision, None, site);
+        let result = match self.state.try_borrow_mut() {
+            Ok(mut state) => flow::on_callout_response(
+                &self.config,
+                &mut state,
+                &SharedData,
+                pending.flight,
+                reply,
+                now,
+            ),
+            Err(_) => {
+                self.fail_closed(context_id, site, "worker state busy");
+                return;
+            }
+        };
+        let (decision, next) = result;
+        self.perform(context_id, decision, next, site);
     }
 
     /// Streams waiting for keys: run again those whose keys are loaded

@@ -9,6 +9,7 @@ use super::keys::{parse_jwks, KeySet, SkippedKey};
 use super::protected_resource::{Facts, ProtectedResource, RawProtectedResource};
 use crate::apikeys::config::RawApiKey;
 use crate::apikeys::ApiKeys;
+use crate::introspection::{Introspection, RawIntrospection};
 use crate::models::{ModelCheck, RawModelCheck};
 use crate::request::RequestView;
 use crate::response::{is_valid_header_value, ErrorFormat};
@@ -68,6 +69,8 @@ struct RawProvider {
     api_keys: Option<Vec<RawApiKey>>,
     /// The same list, from an environment variable holding JSON.
     api_keys_from: Option<DataSource>,
+    /// Opaque tokens judged by the IdP's introspection endpoint (RFC 7662).
+    introspection: Option<RawIntrospection>,
     issuer: Option<String>,
     #[serde(default)]
     audiences: Vec<String>,
@@ -244,6 +247,26 @@ pub enum ProviderKind {
     Jwt(JwtProvider),
     /// A gateway-issued API key, looked up by its hash (`crate::apikeys`).
     ApiKeys(ApiKeys),
+    /// An opaque token the IdP judges (RFC 7662, `crate::introspection`).
+    Introspection(IntrospectionProvider),
+}
+
+/// The time checks of a token's claims, whatever vouched for them.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeChecks {
+    pub clock_skew: u64,
+    pub require_expiration: bool,
+    pub max_lifetime: Option<u64>,
+}
+
+/// What an introspection provider checks in an active answer, as a JWT
+/// provider checks its token's claims.
+#[derive(Debug)]
+pub struct IntrospectionProvider {
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub times: TimeChecks,
+    pub introspection: Introspection,
 }
 
 /// What a JWT provider checks beyond the signature.
@@ -261,11 +284,38 @@ pub struct JwtProvider {
     pub forward_payload_header: Option<String>,
 }
 
+impl JwtProvider {
+    pub fn times(&self) -> TimeChecks {
+        TimeChecks {
+            clock_skew: self.clock_skew,
+            require_expiration: self.require_expiration,
+            max_lifetime: self.max_lifetime,
+        }
+    }
+}
+
 impl Provider {
     /// The JWT settings, for a JWT provider.
     pub fn jwt(&self) -> Option<&JwtProvider> {
         match &self.kind {
             ProviderKind::Jwt(j) => Some(j),
+            ProviderKind::ApiKeys(_) | ProviderKind::Introspection(_) => None,
+        }
+    }
+
+    /// The introspection settings, for an introspection provider.
+    pub fn introspection(&self) -> Option<&IntrospectionProvider> {
+        match &self.kind {
+            ProviderKind::Introspection(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The issuer the provider's tokens must name, whatever its kind.
+    pub fn issuer(&self) -> Option<&str> {
+        match &self.kind {
+            ProviderKind::Jwt(j) => j.issuer.as_deref(),
+            ProviderKind::Introspection(i) => i.issuer.as_deref(),
             ProviderKind::ApiKeys(_) => None,
         }
     }
@@ -286,7 +336,7 @@ fn facts_of(providers: &[&Provider]) -> Facts {
 
 impl Provider {
     fn add_facts(&self, facts: &mut Facts) {
-        if let Some(iss) = self.jwt().and_then(|j| j.issuer.as_ref()) {
+        if let Some(iss) = self.issuer() {
             facts.add_issuer(iss);
         }
         for location in &self.locations {
@@ -582,6 +632,8 @@ fn compile_provider(
             p.api_keys_from.take(),
             env,
         )?)
+    } else if let Some(raw) = p.introspection.take() {
+        ProviderKind::Introspection(compile_introspection(p, raw, env)?)
     } else {
         ProviderKind::Jwt(compile_jwt(p, env)?)
     };
@@ -605,6 +657,7 @@ fn refuse_jwt_fields(
     certificate_bound: bool,
 ) -> Result<(), ConfigError> {
     let set = [
+        ("introspection", p.introspection.is_some()),
         ("issuer", p.issuer.is_some()),
         ("audiences", !p.audiences.is_empty()),
         ("local_jwks", p.local_jwks.is_some()),
@@ -683,7 +736,8 @@ fn compile_locations(p: &RawProvider, is_api_key: bool) -> Result<Vec<Location>,
     Ok(locations)
 }
 
-fn compile_jwt(p: RawProvider, env: &dyn Environment) -> Result<JwtProvider, ConfigError> {
+/// `issuer` and `audiences`, checked the same for every token kind.
+fn check_issuer_and_audiences(p: &RawProvider) -> Result<(), ConfigError> {
     if let Some(iss) = &p.issuer {
         if iss.is_empty() {
             return Err(ConfigError::new("issuer", "must not be empty when set"));
@@ -695,6 +749,55 @@ fn compile_jwt(p: RawProvider, env: &dyn Environment) -> Result<JwtProvider, Con
             "an audience must not be empty",
         ));
     }
+    Ok(())
+}
+
+fn compile_max_lifetime(p: &RawProvider) -> Result<Option<u64>, ConfigError> {
+    let max_lifetime = p.max_lifetime.map(|d| d.as_secs());
+    if max_lifetime == Some(0) {
+        return Err(ConfigError::new(
+            "max_lifetime",
+            "must be at least one second",
+        ));
+    }
+    Ok(max_lifetime)
+}
+
+/// An introspection provider: the IdP judges the token, so it has no keys
+/// and no payload segment to forward.
+fn compile_introspection(
+    p: RawProvider,
+    raw: RawIntrospection,
+    env: &dyn Environment,
+) -> Result<IntrospectionProvider, ConfigError> {
+    let set = [
+        ("local_jwks", p.local_jwks.is_some()),
+        ("remote_jwks", p.remote_jwks.is_some()),
+        ("forward_payload_header", p.forward_payload_header.is_some()),
+    ];
+    if let Some((field, _)) = set.iter().find(|(_, is_set)| *is_set) {
+        return Err(ConfigError::new(
+            *field,
+            "is not for an introspection provider (the IdP judges its opaque tokens)",
+        ));
+    }
+    check_issuer_and_audiences(&p)?;
+    let introspection = Introspection::compile(raw, env).map_err(|e| e.under("introspection"))?;
+    Ok(IntrospectionProvider {
+        times: TimeChecks {
+            clock_skew: p.clock_skew_seconds.unwrap_or(60),
+            require_expiration: p.require_expiration,
+            max_lifetime: compile_max_lifetime(&p)?,
+        },
+        issuer: p.issuer,
+        audiences: p.audiences,
+        introspection,
+    })
+}
+
+fn compile_jwt(p: RawProvider, env: &dyn Environment) -> Result<JwtProvider, ConfigError> {
+    check_issuer_and_audiences(&p)?;
+    let max_lifetime = compile_max_lifetime(&p)?;
     let mut skipped_keys = Vec::new();
     let keys = match (p.local_jwks, p.remote_jwks) {
         (Some(source), None) => {
@@ -724,13 +827,6 @@ fn compile_jwt(p: RawProvider, env: &dyn Environment) -> Result<JwtProvider, Con
         .as_deref()
         .map(|h| header_name(h, "forward_payload_header"))
         .transpose()?;
-    let max_lifetime = p.max_lifetime.map(|d| d.as_secs());
-    if max_lifetime == Some(0) {
-        return Err(ConfigError::new(
-            "max_lifetime",
-            "must be at least one second",
-        ));
-    }
     Ok(JwtProvider {
         issuer: p.issuer,
         audiences: p.audiences,
@@ -912,7 +1008,10 @@ fn compile_requirement(
             ));
         }
         let provider = find("provider_and_audiences.provider_name", &pa.provider_name)?;
-        if providers.get(provider).is_some_and(|p| p.jwt().is_none()) {
+        if providers
+            .get(provider)
+            .is_some_and(|p| matches!(p.kind, ProviderKind::ApiKeys(_)))
+        {
             return Err(ConfigError::new(
                 "provider_and_audiences.provider_name",
                 format!(

@@ -54,6 +54,13 @@ pub enum JwtError {
     ApiKeyUnknown,
     /// A configured API key past its `expires_at`.
     ApiKeyExpired,
+    /// The introspection endpoint says the token is not active (RFC 7662).
+    TokenInactive,
+    /// The introspection endpoint gave no usable answer; the status to send.
+    IntrospectionFailed(u16),
+    /// Not a denial: the token can only be judged by asking the
+    /// introspection endpoint, which the flow does before running the stage again.
+    IntrospectionPending,
 }
 
 /// What a failure turns into on the wire.
@@ -93,6 +100,11 @@ impl JwtError {
             JwtError::ApiKeyMissing => "API key is missing".into(),
             JwtError::ApiKeyUnknown => "API key is not valid".into(),
             JwtError::ApiKeyExpired => "API key is expired".into(),
+            JwtError::TokenInactive => "token is not active".into(),
+            JwtError::IntrospectionFailed(_) => {
+                "the token could not be checked (introspection failed)".into()
+            }
+            JwtError::IntrospectionPending => "token introspection in progress".into(),
         }
     }
 
@@ -123,6 +135,9 @@ impl JwtError {
             JwtError::ApiKeyMissing => "missing",
             JwtError::ApiKeyUnknown => "api_key_unknown",
             JwtError::ApiKeyExpired => "api_key_expired",
+            JwtError::TokenInactive => "token_inactive",
+            JwtError::IntrospectionFailed(_) => "introspection_failed",
+            JwtError::IntrospectionPending => "introspection_pending",
         }
     }
 
@@ -133,6 +148,10 @@ impl JwtError {
             JwtError::AudienceNotAllowed => (403, Some("invalid_token")),
             JwtError::ClaimRuleFailed(_) => (403, Some("insufficient_scope")),
             JwtError::InvalidDpopProof(_) => (401, Some("invalid_dpop_proof")),
+            JwtError::IntrospectionFailed(status) if *status != 401 => {
+                (*status, Some("temporarily_unavailable"))
+            }
+            JwtError::IntrospectionPending => (503, Some("temporarily_unavailable")),
             _ => (401, Some("invalid_token")),
         };
         Denial {

@@ -20,12 +20,14 @@ pub mod token;
 
 use crate::apikeys::{ApiKeys, Rejection};
 use crate::callout::SharedStore;
+use crate::introspection::{Answer, Fresh, Needed, TokenDigest};
 use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
 use cache::VerifiedCache;
 use config::{
-    JwtAuthn, JwtProvider, Location, Provider, ProviderKeys, ProviderKind, Requirement, Rule,
+    IntrospectionProvider, JwtAuthn, JwtProvider, Location, Provider, ProviderKeys, ProviderKind,
+    Requirement, Rule, TimeChecks,
 };
 use error::JwtError;
 use keys::KeySet;
@@ -81,6 +83,9 @@ pub struct JwtOutcome {
     /// The scheme the client presented its token with (for the challenge
     /// that carries the error).
     pub scheme: challenge::Scheme,
+    /// With `Err(IntrospectionPending)`: the introspection call to make
+    /// before running the stage again.
+    pub introspect: Option<Needed>,
 }
 
 /// The `realm` of `WWW-Authenticate`: configured, or the request URL without
@@ -109,11 +114,21 @@ pub fn denial_reply(
     req: &RequestView,
     used: challenge::Scheme,
 ) -> LocalReply {
+    let denial = error.denial();
+    if denial.status != 401 && denial.error == Some("temporarily_unavailable") {
+        // Not the client's fault: no challenge, and a hint to retry.
+        return LocalReply::json_error(
+            denial.status,
+            "temporarily_unavailable",
+            &denial.description,
+        )
+        .with_header("retry-after", "1".into());
+    }
     let default = challenge::RuleChallenge::default();
     let rule = rule
         .and_then(|i| cfg.rules.get(i))
         .map_or(&default, |r| &r.challenge);
-    challenge::render(&error.denial(), &realm(cfg, req), rule, used)
+    challenge::render(&denial, &realm(cfg, req), rule, used)
 }
 
 fn is_cors_preflight(req: &RequestView) -> bool {
@@ -142,9 +157,11 @@ pub fn authenticate(
         cache,
         &[],
         &crate::callout::MemoryStore::default(),
+        &[],
     )
 }
 
+/// `fresh`: introspection answers the flow got for this request.
 pub fn authenticate_with(
     cfg: &JwtAuthn,
     req: &RequestView,
@@ -152,6 +169,7 @@ pub fn authenticate_with(
     cache: &mut VerifiedCache,
     remote: &RemoteKeys,
     store: &dyn SharedStore,
+    fresh: &[Fresh],
 ) -> JwtOutcome {
     let mut outcome = JwtOutcome {
         result: Ok(Vec::new()),
@@ -160,6 +178,7 @@ pub fn authenticate_with(
         rule: None,
         refresh: Vec::new(),
         scheme: challenge::Scheme::Bearer,
+        introspect: None,
     };
     if cfg.bypass_cors_preflight && is_cors_preflight(req) {
         outcome.counters.push(Counter::JwtCorsPreflightBypassed);
@@ -179,7 +198,7 @@ pub fn authenticate_with(
         outcome.header_ops = claim_header_removals(cfg);
         return outcome;
     };
-    let mut eval = Evaluation::new(cfg, req, now, cache, remote, store);
+    let mut eval = Evaluation::new(cfg, req, now, cache, remote, store, fresh);
     let mut result = eval.requirement(requirement);
     let identities: Vec<Identity> = eval.identities();
     if result.is_ok() {
@@ -194,6 +213,16 @@ pub fn authenticate_with(
             outcome.counters.push(Counter::JwtAllowed);
             outcome.header_ops = eval.header_ops();
             outcome.result = Ok(identities);
+        }
+        Err(JwtError::IntrospectionPending) if eval.needed.is_some() => {
+            outcome.introspect = eval.needed.take();
+            outcome.result = Err(JwtError::IntrospectionPending);
+        }
+        Err(JwtError::IntrospectionPending) => {
+            // Cannot happen (whoever says "pending" says what to ask);
+            // fail closed rather than loop.
+            outcome.counters.push(Counter::JwtDenied);
+            outcome.result = Err(JwtError::IntrospectionFailed(503));
         }
         Err(e) => {
             outcome.counters.push(Counter::JwtDenied);
@@ -259,6 +288,11 @@ struct Evaluation<'a> {
     binder: cnf::Binder<'a>,
     counters: Vec<Counter>,
     refresh: Vec<usize>,
+    store: &'a dyn SharedStore,
+    /// Introspection answers got for this request.
+    fresh: &'a [Fresh],
+    /// The first introspection call this evaluation needs.
+    needed: Option<Needed>,
 }
 
 impl<'a> Evaluation<'a> {
@@ -269,6 +303,7 @@ impl<'a> Evaluation<'a> {
         cache: &'a mut VerifiedCache,
         remote: &'a RemoteKeys,
         store: &'a dyn SharedStore,
+        fresh: &'a [Fresh],
     ) -> Self {
         let n = cfg.providers.len();
         Evaluation {
@@ -283,6 +318,9 @@ impl<'a> Evaluation<'a> {
             binder: cnf::Binder::new(req, now, store, &cfg.namespace),
             counters: Vec::new(),
             refresh: Vec::new(),
+            store,
+            fresh,
+            needed: None,
         }
     }
 
@@ -319,6 +357,10 @@ impl<'a> Evaluation<'a> {
                         Err(e) => errors.push(e),
                     }
                 }
+                // An answer still to come may yet meet the requirement.
+                if errors.contains(&JwtError::IntrospectionPending) {
+                    return Err(JwtError::IntrospectionPending);
+                }
                 // Report what went wrong with a token before "no token".
                 let reported = errors.iter().position(|e| !e.is_missing()).unwrap_or(0);
                 Err(errors
@@ -350,6 +392,11 @@ impl<'a> Evaluation<'a> {
                         }
                         Ok(Some(())) => match self.provider_check(index, None) {
                             Ok(_) => any_ok = true,
+                            // Its answer decides, even when failure is tolerated
+                            // (a valid token still yields its claims).
+                            Err(JwtError::IntrospectionPending) => {
+                                return Err(JwtError::IntrospectionPending)
+                            }
                             Err(e) if e.is_missing() => {}
                             Err(e) if e.is_not_for_this_provider() => {
                                 not_ours.get_or_insert(e);
@@ -380,13 +427,14 @@ impl<'a> Evaluation<'a> {
         audiences: Option<&[String]>,
     ) -> Result<Arc<Claims>, JwtError> {
         let provider = self.provider(index)?;
-        let jwt = match &provider.kind {
-            ProviderKind::Jwt(jwt) => jwt,
+        let configured = match &provider.kind {
+            ProviderKind::Jwt(jwt) => &jwt.audiences,
+            ProviderKind::Introspection(intro) => &intro.audiences,
             ProviderKind::ApiKeys(keys) => return self.check_api_key(index, provider, keys),
         };
         let found = self.extract(index)?.ok_or(JwtError::Missing)?;
         let claims = self.verify(index, &found.token)?;
-        let allowed = audiences.unwrap_or(&jwt.audiences);
+        let allowed = audiences.unwrap_or(configured);
         if !allowed.is_empty() && !claims.aud.iter().any(|a| allowed.contains(a)) {
             return Err(JwtError::AudienceNotAllowed);
         }
@@ -508,9 +556,63 @@ impl<'a> Evaluation<'a> {
     fn verify_uncached(&mut self, index: usize, token: &str) -> Result<Arc<Claims>, JwtError> {
         match &self.provider(index)?.kind {
             ProviderKind::Jwt(jwt) => self.verify_jwt(index, jwt, token),
+            ProviderKind::Introspection(intro) => self.introspect(index, intro, token),
             // Checked by `check_api_key`, never through here.
             ProviderKind::ApiKeys(_) => Err(JwtError::ApiKeyMissing),
         }
+    }
+
+    /// An opaque token: the answer got for this request, else the cached
+    /// one, else the endpoint must be asked (`IntrospectionPending`, and
+    /// the call in `needed`). An active answer is checked as a JWT's claims.
+    fn introspect(
+        &mut self,
+        index: usize,
+        provider: &'a IntrospectionProvider,
+        token: &str,
+    ) -> Result<Arc<Claims>, JwtError> {
+        if token.len() > self.cfg.max_token_size {
+            return Err(JwtError::TooLarge);
+        }
+        let intro = &provider.introspection;
+        let digest = TokenDigest::of(token);
+        let fresh = self
+            .fresh
+            .iter()
+            .find(|f| f.provider == index && f.digest == digest)
+            .map(|f| f.answer.clone());
+        let answer = match fresh {
+            Some(answer) => answer,
+            None => match intro.cached(&self.cfg.namespace, index, self.store, &digest, self.now) {
+                Some(answer) => {
+                    self.counters.push(Counter::IntrospectionCacheHit);
+                    answer
+                }
+                None => {
+                    self.counters.push(Counter::IntrospectionCacheMiss);
+                    if self.needed.is_none() {
+                        self.needed = Some(Needed {
+                            provider: index,
+                            digest,
+                            request: intro.request(token),
+                        });
+                    }
+                    return Err(JwtError::IntrospectionPending);
+                }
+            },
+        };
+        let claims = match answer {
+            Answer::Active(claims) => claims,
+            Answer::Inactive => return Err(JwtError::TokenInactive),
+            Answer::Failed(_) => return Err(JwtError::IntrospectionFailed(intro.status_on_error)),
+        };
+        if let Some(issuer) = &provider.issuer {
+            if claims.iss.as_ref() != Some(issuer) {
+                return Err(JwtError::UnknownIssuer);
+            }
+        }
+        check_times(provider.times, &claims, self.now)?;
+        Ok(claims)
     }
 
     fn verify_jwt(
@@ -530,7 +632,7 @@ impl<'a> Evaluation<'a> {
         if let Some(key) = &key {
             if let Some(claims) = self.cache.get(key, token, self.now, provider.clock_skew) {
                 self.counters.push(Counter::JwtCacheHit);
-                check_times(provider, &claims, self.now)?;
+                check_times(provider.times(), &claims, self.now)?;
                 return Ok(claims);
             }
             self.counters.push(Counter::JwtCacheMiss);
@@ -541,7 +643,7 @@ impl<'a> Evaluation<'a> {
                 return Err(JwtError::UnknownIssuer);
             }
         }
-        check_times(provider, &parsed.claims, self.now)?;
+        check_times(provider.times(), &parsed.claims, self.now)?;
         let keys = keys?;
         let kid = parsed.kid.as_deref();
         let mut tried = 0;
@@ -681,7 +783,7 @@ impl<'a> Evaluation<'a> {
     }
 }
 
-fn check_times(provider: &JwtProvider, claims: &Claims, now: u64) -> Result<(), JwtError> {
+fn check_times(provider: TimeChecks, claims: &Claims, now: u64) -> Result<(), JwtError> {
     let skew = provider.clock_skew;
     match claims.exp {
         // `exp: 0` is 1970: expired, not "no expiry" as Envoy reads it.

@@ -107,7 +107,7 @@ pub fn parse(token: &str, max_len: usize) -> Result<ParsedToken<'_>, JwtError> {
 }
 
 impl Claims {
-    fn from_payload(payload: Map<String, Value>, payload_b64: &str) -> Result<Self, JwtError> {
+    pub fn from_payload(payload: Map<String, Value>, payload_b64: &str) -> Result<Self, JwtError> {
         let string = |name: &'static str| -> Result<Option<String>, JwtError> {
             match payload.get(name) {
                 None => Ok(None),

@@ -329,7 +329,15 @@ mod flow_with_model_checks {
             headers: vec![("x-ratelimit".into(), "9".into())],
             body: vec![],
         };
-        let d = flow::on_callout_response(&cfg, &store, flight.unwrap(), reply, 0);
+        let d = flow::on_callout_response(
+            &cfg,
+            &mut WorkerState::new(&cfg),
+            &store,
+            flight.unwrap(),
+            reply,
+            0,
+        )
+        .0;
         assert_eq!(d.step, Step::Continue(vec![]));
         assert_eq!(
             d.response_headers,

@@ -3,6 +3,7 @@
 //! quoted in a log line (`quote`). A leaf: it imports no
 //! stage, and every stage (and `config`, which assembles them) imports it.
 
+pub mod client_auth;
 pub mod duration;
 mod error;
 mod http_uri;

@@ -1,0 +1,358 @@
+//! Opaque tokens judged by the identity provider: OAuth 2 token
+//! introspection (RFC 7662), a kind of provider of the `jwt_authn` stage.
+//!
+//! The token is POSTed to the introspection endpoint with the gateway's
+//! client authentication; `active: true` makes the answer's members the
+//! claims of the identity (checked for `iss`, `aud`, `exp`, `nbf` as a
+//! JWT's are), so claim headers, claim rules, the passthrough's claims and
+//! per-tenant upstream keys work unchanged. Keycloak's answer is taken as
+//! it comes (`aud` a string or a list, `scope` a space-separated string,
+//! `realm_access.roles`...).
+//!
+//! Answers are cached in proxy-wasm shared data, so every worker VM uses
+//! them: keyed by SHA-256 of the token (never the token), in one of
+//! `max_entries` slots per provider (bounded whatever the traffic), an
+//! active answer until its `exp` and at most `max_ttl`, an inactive one for
+//! `inactive_ttl`. Failures (no answer, a status other than 200, a body that
+//! is no introspection answer) are never cached: the request is answered
+//! `status_on_error` (503 by default) and the reason is logged, remote text
+//! quoted.
+
+use crate::callout::{CalloutRequest, CalloutResponse, SharedStore};
+use crate::jwt::token::Claims;
+use crate::vocab::client_auth::{ClientAuthMethod, ClientCredentials, Form};
+use crate::vocab::{
+    duration, quote, quote_bytes, ConfigError, DataSource, Environment, HttpUri, RawHttpUri,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_MAX_ENTRIES: usize = 1024;
+const MAX_MAX_ENTRIES: usize = 1_000_000;
+const DEFAULT_MAX_TTL_SECS: u64 = 300;
+const DEFAULT_INACTIVE_TTL_SECS: u64 = 10;
+const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
+const MAX_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Active answers whose claims take more than this are not cached (shared
+/// memory is copied into each VM on every hit).
+const MAX_CACHED_CLAIMS: usize = 16 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    /// The introspection endpoint (Keycloak:
+    /// `.../realms/<realm>/protocol/openid-connect/token/introspect`).
+    endpoint: RawHttpUri,
+    client_id: String,
+    client_secret: DataSource,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    client_auth: Option<ClientAuthMethod>,
+    cache: Option<RawCache>,
+    /// The answer when the endpoint fails: 503 (default) or 401.
+    status_on_error: Option<u16>,
+    max_response_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_entries: Option<usize>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    max_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    inactive_ttl: Option<Duration>,
+}
+
+/// A provider's introspection settings.
+#[derive(Debug)]
+pub struct Introspection {
+    pub endpoint: HttpUri,
+    client: ClientCredentials,
+    pub max_entries: usize,
+    /// Longest an active answer is used (it never outlives its `exp`); 0: not cached.
+    pub max_ttl_secs: u64,
+    /// How long an inactive answer is used; 0: not cached.
+    pub inactive_ttl_secs: u64,
+    pub status_on_error: u16,
+    pub max_response_bytes: usize,
+}
+
+impl Introspection {
+    pub fn compile(raw: RawIntrospection, env: &dyn Environment) -> Result<Self, ConfigError> {
+        let endpoint =
+            HttpUri::compile(raw.endpoint, DEFAULT_TIMEOUT).map_err(|e| e.under("endpoint"))?;
+        let client = ClientCredentials::compile(
+            raw.client_id,
+            raw.client_secret,
+            raw.client_auth.unwrap_or(ClientAuthMethod::Basic),
+            env,
+        )?;
+        let cache = raw.cache.unwrap_or(RawCache {
+            max_entries: None,
+            max_ttl: None,
+            inactive_ttl: None,
+        });
+        let max_entries = cache.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES);
+        if !(1..=MAX_MAX_ENTRIES).contains(&max_entries) {
+            return Err(ConfigError::new(
+                "cache.max_entries",
+                format!("must lie between 1 and {MAX_MAX_ENTRIES}"),
+            ));
+        }
+        let status_on_error = raw.status_on_error.unwrap_or(503);
+        if !matches!(status_on_error, 401 | 403 | 500 | 502 | 503 | 504) {
+            return Err(ConfigError::new(
+                "status_on_error",
+                "must be 401, 403, 500, 502, 503 or 504",
+            ));
+        }
+        let max_response_bytes = raw.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+        if !(1..=MAX_MAX_RESPONSE_BYTES).contains(&max_response_bytes) {
+            return Err(ConfigError::new(
+                "max_response_bytes",
+                format!("must lie between 1 and {MAX_MAX_RESPONSE_BYTES}"),
+            ));
+        }
+        Ok(Introspection {
+            endpoint,
+            client,
+            max_entries,
+            max_ttl_secs: cache.max_ttl.map_or(DEFAULT_MAX_TTL_SECS, |d| d.as_secs()),
+            inactive_ttl_secs: cache
+                .inactive_ttl
+                .map_or(DEFAULT_INACTIVE_TTL_SECS, |d| d.as_secs()),
+            status_on_error,
+            max_response_bytes,
+        })
+    }
+
+    /// The introspection request (RFC 7662 2.1). Its body holds the token
+    /// and perhaps the client secret: sent, never logged.
+    pub fn request(&self, token: &str) -> CalloutRequest {
+        let mut form = Form::default();
+        form.push("token", token);
+        form.push("token_type_hint", "access_token");
+        let mut headers = vec![
+            (":method".to_string(), "POST".to_string()),
+            (":path".to_string(), self.endpoint.path.clone()),
+            (":authority".to_string(), self.endpoint.authority.clone()),
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+            ("accept".to_string(), "application/json".to_string()),
+        ];
+        self.client.authenticate(&mut headers, &mut form);
+        CalloutRequest {
+            cluster: self.endpoint.cluster.clone(),
+            headers,
+            body: form.into_bytes(),
+            timeout: self.endpoint.timeout,
+        }
+    }
+
+    /// What the endpoint's reply says. The reason of a failure is for the
+    /// log, remote text quoted.
+    pub fn answer(&self, reply: &CalloutResponse) -> Answer {
+        match reply.status {
+            None => {
+                return Answer::Failed(
+                    "no valid answer (timeout, reset, not HTTP, or a status outside 100-599)"
+                        .into(),
+                )
+            }
+            Some(200) => {}
+            Some(s) => {
+                return Answer::Failed(format!(
+                    "the endpoint answered {s} {}",
+                    quote_bytes(&reply.body)
+                ))
+            }
+        }
+        if reply.body.len() > self.max_response_bytes {
+            return Answer::Failed(format!(
+                "the answer is larger than max_response_bytes ({} bytes)",
+                self.max_response_bytes
+            ));
+        }
+        let doc: Map<String, Value> = match serde_json::from_slice(&reply.body) {
+            Ok(d) => d,
+            Err(_) => {
+                return Answer::Failed(format!(
+                    "the answer is not a JSON object: {}",
+                    quote_bytes(&reply.body)
+                ))
+            }
+        };
+        parse_answer(doc)
+    }
+}
+
+/// An introspection result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `active: true`, with the answer's members as claims.
+    Active(Arc<Claims>),
+    /// `active: false` (unknown, expired, revoked... the endpoint does not say).
+    Inactive,
+    /// No usable answer; why, for the log.
+    Failed(String),
+}
+
+fn parse_answer(doc: Map<String, Value>) -> Answer {
+    match doc.get("active") {
+        Some(Value::Bool(true)) => match Claims::from_payload(doc, "") {
+            Ok(claims) => Answer::Active(Arc::new(claims)),
+            Err(e) => Answer::Failed(format!(
+                "the answer's claims are invalid: {}",
+                e.description()
+            )),
+        },
+        Some(Value::Bool(false)) => Answer::Inactive,
+        Some(other) => Answer::Failed(format!(
+            "`active` is not a boolean: {}",
+            quote(&other.to_string())
+        )),
+        None => Answer::Failed("the answer has no `active` member".into()),
+    }
+}
+
+/// SHA-256 of a token: what the cache is keyed by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        TokenDigest(Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn slot(&self, max_entries: usize) -> usize {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
+        (u64::from_le_bytes(first) % max_entries.max(1) as u64) as usize
+    }
+
+    /// Compares every byte, whatever they hold.
+    fn same_as(&self, bytes: &[u8]) -> bool {
+        bytes.len() == 32
+            && self
+                .0
+                .iter()
+                .zip(bytes)
+                .fold(0u8, |acc, (a, b)| std::hint::black_box(acc | (a ^ b)))
+                == 0
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(..)")
+    }
+}
+
+/// The answer for one provider and token, got by the flow from a callout:
+/// the JWT stage uses it before looking in the cache.
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub provider: usize,
+    pub digest: TokenDigest,
+    pub answer: Answer,
+}
+
+/// A token the JWT stage could not judge without asking the endpoint.
+#[derive(Debug, Clone)]
+pub struct Needed {
+    pub provider: usize,
+    pub digest: TokenDigest,
+    pub request: CalloutRequest,
+}
+
+/// Shared-data layout: version, token digest (32), expiry (u64 LE), kind
+/// (`1` active, `0` inactive), then for an active answer its JSON.
+const WIRE_VERSION: u8 = 1;
+
+fn store_key(namespace: &str, provider: usize, slot: usize) -> String {
+    format!("ai_auth.introspection.{namespace}.{provider}.{slot}")
+}
+
+impl Introspection {
+    /// The cached answer for this token, if there is one still fresh at `now`.
+    pub fn cached(
+        &self,
+        namespace: &str,
+        provider: usize,
+        store: &dyn SharedStore,
+        digest: &TokenDigest,
+        now: u64,
+    ) -> Option<Answer> {
+        let key = store_key(namespace, provider, digest.slot(self.max_entries));
+        let bytes = store.get(&key)?;
+        let (head, rest) = (bytes.get(..42)?, bytes.get(42..)?);
+        let (version, stored, expires, kind) = (
+            head.first()?,
+            head.get(1..33)?,
+            head.get(33..41)?,
+            head.get(41)?,
+        );
+        if *version != WIRE_VERSION || !digest.same_as(stored) {
+            return None;
+        }
+        let expires_at = u64::from_le_bytes(expires.try_into().ok()?);
+        if now >= expires_at {
+            return None;
+        }
+        match kind {
+            0 => Some(Answer::Inactive),
+            1 => match parse_answer(serde_json::from_slice(rest).ok()?) {
+                a @ Answer::Active(_) => Some(a),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Caches an answer, for as long as it may be used; returns whether it was.
+    pub fn remember(
+        &self,
+        namespace: &str,
+        provider: usize,
+        store: &dyn SharedStore,
+        digest: &TokenDigest,
+        answer: &Answer,
+        now: u64,
+    ) -> bool {
+        let (ttl, kind, body) = match answer {
+            Answer::Active(claims) => {
+                let until_exp = claims.exp.map_or(u64::MAX, |exp| exp.saturating_sub(now));
+                let Ok(body) = serde_json::to_vec(&claims.payload) else {
+                    return false;
+                };
+                if body.len() > MAX_CACHED_CLAIMS {
+                    return false;
+                }
+                (self.max_ttl_secs.min(until_exp), 1u8, body)
+            }
+            Answer::Inactive => (self.inactive_ttl_secs, 0u8, Vec::new()),
+            Answer::Failed(_) => return false,
+        };
+        if ttl == 0 {
+            return false;
+        }
+        let mut out = Vec::with_capacity(42 + body.len());
+        out.push(WIRE_VERSION);
+        out.extend_from_slice(&digest.0);
+        out.extend_from_slice(&now.saturating_add(ttl).to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(&body);
+        let key = store_key(namespace, provider, digest.slot(self.max_entries));
+        store.set(&key, &out);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
