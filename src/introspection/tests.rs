@@ -11,6 +11,7 @@ use crate::stats::Counter;
 use ai_auth_testkit::keys::{jwks, TestKey};
 use base64::Engine;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://idp.example/realms/ai";
@@ -524,4 +525,60 @@ fn oversized_tokens_are_refused_without_a_call() {
     let (d, called) = h.request(&"x".repeat(65), NOW, &CalloutResponse::default());
     assert!(!called);
     assert_eq!(replied(&d).0, 401);
+}
+
+#[test]
+fn the_answers_claims_choose_the_upstream_key() {
+    let env = |name: &str| (name == "INTROSPECTION_SECRET").then(|| "s3cret".to_string());
+    let bytes = serde_json::to_vec(&json!({
+        "jwt_authn": {
+            "providers": {"idp": provider(json!({}))},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+        },
+        "upstream_credentials": {
+            "backends": {"openai": {"scheme": "openai", "secret_by_claim": {"claim": "azp",
+                "secrets": {"chat-app": {"inline_string": "sk-up-chat"}}}}},
+            "routes": [{"match": {"prefix": "/"}, "backend": "openai"}]
+        }
+    }))
+    .unwrap();
+    let mut h = Harness::new(FilterConfig::from_json(&bytes, &env).unwrap());
+    let (d, called) = h.request(TOKEN, NOW, &reply(200, &keycloak_active(NOW + 300)));
+    assert!(called);
+    let ops = continued(&d);
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, HeaderOp::SetSecret(name, s)
+            if name == "authorization" && s.expose() == "Bearer sk-up-chat")),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn a_cnf_in_the_answer_binds_the_token_as_a_jwts_does() {
+    let der = b"client certificate A";
+    let digest = Sha256::digest(der);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+    let mut bound = keycloak_active(NOW + 300);
+    bound["cnf"] = json!({"x5t#S256": x5t});
+    let with_cert = |h: &mut Harness, cert: Option<&str>| {
+        let mut r = req(TOKEN);
+        r.set_peer_certificate_sha256(cert.map(str::to_string));
+        let (d, flight) = h.headers(r, NOW);
+        match flight {
+            Some(f) => h.answer(f, reply(200, &bound), NOW),
+            None => d,
+        }
+    };
+    let mut h = Harness::new(config(json!({"certificate_bound_tokens": {}})));
+    continued(&with_cert(&mut h, Some(&hex)));
+    let d = with_cert(&mut h, Some(&"ab".repeat(32)));
+    assert_eq!(replied(&d).0, 401);
+    let d = with_cert(&mut h, None);
+    assert_eq!(replied(&d).0, 401);
+    // A provider that does not check the binding refuses a bound token.
+    let mut h = Harness::new(config(json!({})));
+    let d = with_cert(&mut h, Some(&hex));
+    assert_eq!(replied(&d).0, 401, "{:?}", d.step);
 }
