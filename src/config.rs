@@ -16,8 +16,13 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawFilterConfig {
+    /// The JSON Schema this document follows (for editors); not read.
+    #[serde(default, rename = "$schema")]
+    #[allow(dead_code)]
+    schema: Option<String>,
     jwt_authn: Option<RawJwtAuthn>,
     ext_authz: Option<RawExtAuthz>,
     upstream_credentials: Option<RawUpstreamCredentials>,
@@ -107,6 +112,23 @@ impl FilterConfig {
             error_format: raw.error_format,
         })
     }
+}
+
+/// The JSON Schema of the plugin configuration, derived from the types the
+/// filter reads it into (`tools/` prints it as `envoy/ai-auth-filter.schema.json`).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(RawFilterConfig);
+    schema.insert(
+        "$id".into(),
+        "https://github.com/ai-auth-filter/ai-auth-filter/envoy/ai-auth-filter.schema.json".into(),
+    );
+    schema.insert("title".into(), "ai-auth-filter plugin configuration".into());
+    schema.insert(
+        "description".into(),
+        "The JSON the ai-auth-filter wasm filter takes as its plugin configuration (Envoy's `configuration`, Istio's `pluginConfig`, Envoy Gateway's `wasm[].config`). Generated from the filter's configuration types by `cargo run -p ai-auth-tools --bin config-schema`; the filter also refuses what JSON Schema cannot express (duplicate keys, undefined providers, out-of-range timeouts).".into(),
+    );
+    schema.to_value()
 }
 
 impl FilterConfig {

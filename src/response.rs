@@ -41,6 +41,7 @@ impl HeaderOp {
 
 /// The JSON shape of the filter's own error bodies (`error_format`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorFormat {
     /// `{"error": {"message", "type", "param", "code"}}`, which OpenAI's SDKs

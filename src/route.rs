@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 /// Wire form of Envoy's `StringMatcher`: exactly one of the fields.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawStringMatcher {
     pub exact: Option<String>,
@@ -21,6 +22,7 @@ pub struct RawStringMatcher {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRegex {
     pub regex: String,
@@ -28,6 +30,7 @@ pub struct RawRegex {
 
 /// Wire form of Envoy's `HeaderMatcher` (the fields we support).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderMatcher {
     pub name: String,
@@ -40,6 +43,7 @@ pub struct RawHeaderMatcher {
 
 /// Wire form of Envoy's `RouteMatch` (the fields we support).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteMatch {
     pub prefix: Option<String>,

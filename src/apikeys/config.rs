@@ -18,6 +18,7 @@ const MAX_TEXT: usize = 256;
 
 /// One key's entry, as `new-api-key` prints it.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawApiKey {
     name: String,

@@ -32,6 +32,7 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 pub const BACKEND_PROPERTY: &str = "ai_auth.upstream_backend";
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamCredentials {
     backends: UniqueMap<RawBackend>,
@@ -49,6 +50,7 @@ pub struct RawUpstreamCredentials {
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NoBackend {
     #[default]
@@ -57,6 +59,7 @@ pub enum NoBackend {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     scheme: SchemeName,
@@ -75,6 +78,7 @@ struct RawBackend {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 enum SchemeName {
     /// `Authorization: Bearer <key>`: OpenAI, Mistral, DeepSeek, Together, vLLM...
@@ -92,6 +96,7 @@ enum SchemeName {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSecretByClaim {
     /// Claim of the verified JWT (dotted path), e.g. `tenant` or `azp`.
@@ -101,6 +106,7 @@ struct RawSecretByClaim {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     #[serde(rename = "match")]

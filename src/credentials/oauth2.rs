@@ -30,6 +30,7 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawOAuth2 {
     token_uri: RawHttpUri,
@@ -44,11 +45,20 @@ pub struct RawOAuth2 {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawBackOff {
     #[serde(deserialize_with = "duration::deserialize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "crate::vocab::duration::RawDuration")
+    )]
     base_interval: Duration,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
     max_interval: Option<Duration>,
 }
 

@@ -12,6 +12,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
 const DEFAULT_STATUS_ON_ERROR: u16 = 403;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawExtAuthz {
     http_service: RawHttpService,
@@ -31,6 +32,7 @@ pub struct RawExtAuthz {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHttpService {
     server_uri: RawHttpUri,
@@ -41,6 +43,7 @@ struct RawHttpService {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawAuthorizationRequest {
     allowed_headers: Option<RawListMatcher>,
@@ -49,6 +52,7 @@ struct RawAuthorizationRequest {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawAuthorizationResponse {
     allowed_upstream_headers: Option<RawListMatcher>,
@@ -59,12 +63,14 @@ struct RawAuthorizationResponse {
 
 /// Envoy's `ListStringMatcher`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawListMatcher {
     patterns: Vec<RawStringMatcher>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHeaderValue {
     key: String,
@@ -73,6 +79,7 @@ struct RawHeaderValue {
 
 /// Envoy's `HttpStatus` (`{"code": 503}`), or a bare number.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 enum RawHttpStatus {
     Code(u16),
@@ -80,6 +87,7 @@ enum RawHttpStatus {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawBufferSettings {
     max_request_bytes: usize,
@@ -88,6 +96,7 @@ struct RawBufferSettings {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawClaimHeader {
     claim_name: String,
@@ -95,6 +104,7 @@ struct RawClaimHeader {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     #[serde(rename = "match", default)]
@@ -104,14 +114,23 @@ struct RawRule {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawDecisionCache {
     /// Request headers that, with method and path, identify a decision.
     key_headers: Vec<String>,
     #[serde(deserialize_with = "duration::deserialize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "crate::vocab::duration::RawDuration")
+    )]
     ttl: Duration,
     /// Denials are cached only when set, and for this (short) time.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
     denied_ttl: Option<Duration>,
     max_entries: Option<usize>,
 }

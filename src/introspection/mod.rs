@@ -42,6 +42,7 @@ const MAX_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 const MAX_CACHED_CLAIMS: usize = 16 * 1024;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawIntrospection {
     /// The introspection endpoint (Keycloak:
@@ -58,12 +59,21 @@ pub struct RawIntrospection {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawCache {
     max_entries: Option<usize>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
     max_ttl: Option<Duration>,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
     inactive_ttl: Option<Duration>,
 }
 

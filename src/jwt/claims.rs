@@ -10,6 +10,7 @@ use serde_json::Value;
 /// Wire form: a claim (dotted path, or `claim_path` for names with dots)
 /// and exactly one check.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawClaimRule {
     claim: Option<String>,

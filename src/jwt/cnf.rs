@@ -22,6 +22,7 @@ use serde_json::Value;
 
 /// Wire form of `certificate_bound_tokens` (RFC 8705).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawCertificateBound {
     /// Only certificate-bound tokens are accepted.

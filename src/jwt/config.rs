@@ -38,6 +38,7 @@ const DEFAULT_MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 const MAX_MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawJwtAuthn {
     #[serde(default)]
@@ -53,6 +54,7 @@ pub struct RawJwtAuthn {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawCacheConfig {
     jwt_cache_size: Option<usize>,
@@ -63,6 +65,7 @@ struct RawCacheConfig {
 /// `api_keys` (or `api_keys_from`) is set says its kind; token locations,
 /// `forward` and `claim_to_headers` apply to every kind.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     /// Gateway-issued API keys, as hashes (an API key provider).
@@ -88,6 +91,10 @@ struct RawProvider {
     #[serde(default)]
     require_expiration: bool,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
     max_lifetime: Option<Duration>,
     #[serde(default)]
     claim_to_headers: Vec<RawClaimToHeader>,
@@ -104,10 +111,15 @@ struct RawProvider {
 /// OIDC discovery document (as Keycloak publishes it) and the JWKS is fetched
 /// from its `jwks_uri`, through the same cluster.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRemoteJwks {
     http_uri: RawHttpUri,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
     cache_duration: Option<Duration>,
     #[serde(default)]
     discovery: bool,
@@ -116,6 +128,7 @@ struct RawRemoteJwks {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawJwtHeader {
     name: String,
@@ -123,6 +136,7 @@ struct RawJwtHeader {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawClaimToHeader {
     header_name: String,
@@ -130,6 +144,7 @@ struct RawClaimToHeader {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     #[serde(rename = "match", default)]
@@ -146,6 +161,7 @@ struct RawRule {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRequirement {
     provider_name: Option<String>,
@@ -157,10 +173,12 @@ struct RawRequirement {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawProviderAndAudiences {
     provider_name: String,
@@ -168,6 +186,7 @@ struct RawProviderAndAudiences {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRequirementList {
     requirements: Vec<RawRequirement>,

@@ -52,6 +52,7 @@ const ASYMMETRIC: [Alg; 10] = [
 
 /// Wire form of a provider's `dpop` block.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDpop {
     /// Only DPoP-bound tokens with a proof are accepted (no bearer tokens).
@@ -61,6 +62,10 @@ pub struct RawDpop {
     algorithms: Option<Vec<String>>,
     /// How far `iat` may be from now, either way (default 60 s).
     #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
     max_age: Option<Duration>,
     /// Proof ids the shared replay cache holds (default 65536).
     replay_cache_entries: Option<usize>,

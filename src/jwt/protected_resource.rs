@@ -24,6 +24,7 @@ pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 /// Wire form: the RFC 9728 §2 members a gateway operator writes.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawProtectedResource {
     /// The resource identifier: an `https` (or, for local use, `http`) URL

@@ -27,6 +27,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     #[default]
@@ -36,6 +37,7 @@ pub enum Policy {
 
 /// What to do with a body longer than `max_body_bytes`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OverMaxBody {
     /// As a body without a readable model (`missing_model`).
@@ -47,6 +49,7 @@ pub enum OverMaxBody {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawModelCheck {
     /// Claims holding the allowed models (an array, or a space-separated

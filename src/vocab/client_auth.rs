@@ -20,6 +20,20 @@ pub enum ClientAuthMethod {
     Basic,
 }
 
+/// Written by hand: the derived schema would leave out the serde aliases.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for ClientAuthMethod {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ClientAuthMethod".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "OAuth 2 client authentication: the secret in the form body (`client_secret_post`, or `body`) or as HTTP Basic (`client_secret_basic`, or `basic`).",
+            "enum": ["client_secret_post", "body", "client_secret_basic", "basic"]
+        })
+    }
+}
+
 /// A client's identity at an authorization server.
 #[derive(Debug, Clone)]
 pub struct ClientCredentials {

@@ -5,8 +5,9 @@ use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
-enum RawDuration {
+pub(crate) enum RawDuration {
     Seconds(f64),
     Text(String),
 }

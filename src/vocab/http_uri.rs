@@ -11,11 +11,16 @@ use std::time::Duration;
 pub const MAX_CALLOUT_TIMEOUT: Duration = Duration::from_millis(u32::MAX as u64);
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawHttpUri {
     pub uri: String,
     pub cluster: String,
     #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
     pub timeout: Option<Duration>,
 }
 

@@ -40,6 +40,7 @@ impl<F: Fn(&str) -> Option<String>> Environment for F {
 /// Envoy's `DataSource`, the variants that make sense inside a VM: the text
 /// inline, or in an environment variable Envoy passes to the VM.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DataSource {
     inline_string: Option<String>,

@@ -66,6 +66,46 @@ fn unique_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// With `AI_AUTH_CONFIG_CORPUS` set (scripts/test.sh sets it), every plugin
+/// configuration a started Envoy accepted is written there, so
+/// scripts/check-schema.sh can check the JSON Schema accepts all of them.
+fn record_accepted_configs(bootstrap: &Value) {
+    let Some(dir) = std::env::var_os("AI_AUTH_CONFIG_CORPUS") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let mut found = Vec::new();
+    collect_plugin_configs(bootstrap, &mut found);
+    for text in found {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{:016x}.json", h.finish()));
+        std::fs::write(&path, text)
+            .unwrap_or_else(|e| panic!("cannot record {}: {e}", path.display()));
+    }
+}
+
+fn collect_plugin_configs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if map.get("root_id").and_then(Value::as_str) == Some("ai_auth") {
+                if let Some(text) = map
+                    .get("configuration")
+                    .and_then(|c| c.get("value"))
+                    .and_then(Value::as_str)
+                {
+                    out.push(text.to_string());
+                }
+            }
+            map.values().for_each(|x| collect_plugin_configs(x, out));
+        }
+        Value::Array(items) => items.iter().for_each(|x| collect_plugin_configs(x, out)),
+        _ => {}
+    }
+}
+
 pub struct Envoy {
     child: Child,
     dir: PathBuf,
@@ -128,6 +168,7 @@ impl Envoy {
             ports: HashMap::new(),
         };
         envoy.wait_ready(Duration::from_secs(60))?;
+        record_accepted_configs(bootstrap);
         Ok(envoy)
     }
 
