@@ -35,6 +35,24 @@
 //! (V8 calls per stream, the header snapshot): what the cache-hit variants
 //! pay on top of it is the JWT path itself.
 //!
+//! Issue 16: `wasm_dpop_es256` / `wasm_dpop_eddsa` send the RS256 token of
+//! `wasm_rs256_hit`, DPoP-bound (`cnf.jkt`), as `Authorization: DPoP` with a
+//! fresh proof per request (made by the load generator, so its signing is
+//! client CPU): what they add over `wasm_rs256_hit` is the proof check
+//! (signature, `htm`/`htu`/`ath`/`iat`, thumbprint, the shared `jti`
+//! replay cache).
+//!
+//! Issue 15: `wasm_apikey_1` / `wasm_apikey_10k` (an API key provider with
+//! 1 or 10,000 hashed keys, the key in `x-api-key`) next to Envoy's own
+//! `api_key_auth` with the same keys in plaintext (`native_api_key_auth`,
+//! `native_api_key_auth_10k`); `wasm_model_check_2k` POSTs a 2 KiB chat
+//! request to an API key route with a model check (and the buffer filter
+//! after ours, as the README says), next to `buffer_post_2k` (the buffer
+//! filter alone, the same POST; without it Envoy answers a direct_response
+//! before the body and closes the connection, which measures reconnects) and
+//! `wasm_apikey_1_post_2k` (the key only, and the buffer filter, the same
+//! POST): the model check costs what it adds over the latter.
+//!
 //! To add a variant, push a `Variant` (name, HTTP filters before the router,
 //! request headers, whether the filter refuses a request without them,
 //! counter checks) in `variants`.
@@ -50,9 +68,13 @@ use ai_auth_testkit::envoy::{self, bootstrap, Envoy, Options};
 use ai_auth_testkit::http;
 use ai_auth_testkit::keys::{jwks, TestKey};
 use ai_auth_testkit::loadgen;
+use base64::Engine;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ISS: &str = "https://idp.test/realms/ai";
@@ -77,6 +99,77 @@ struct Variant {
     /// The filter refuses a request without `headers` (checked before timing).
     enforces: bool,
     checks: Vec<Check>,
+    /// A POST of this body; empty: a GET.
+    body: Vec<u8>,
+    /// A DPoP proof made for each request with this key, for this token.
+    dpop: Option<DpopClient>,
+}
+
+/// A DPoP client: its key and its DPoP-bound access token.
+#[derive(Clone)]
+struct DpopClient {
+    key: Arc<TestKey>,
+    token: String,
+    jti_prefix: String,
+    counter: Arc<AtomicU64>,
+}
+
+fn b64url(bytes: impl AsRef<[u8]>) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// RFC 7638 thumbprint of a public key (EC or OKP).
+fn thumbprint(key: &TestKey) -> String {
+    let jwk = key.jwk();
+    let canonical = match jwk["kty"].as_str() {
+        Some("EC") => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            jwk["crv"].as_str().unwrap(),
+            jwk["x"].as_str().unwrap(),
+            jwk["y"].as_str().unwrap()
+        ),
+        _ => format!(
+            r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+            jwk["crv"].as_str().unwrap(),
+            jwk["x"].as_str().unwrap()
+        ),
+    };
+    b64url(Sha256::digest(canonical))
+}
+
+impl DpopClient {
+    fn new(key: TestKey, token: String) -> DpopClient {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        DpopClient {
+            key: Arc::new(key),
+            token,
+            jti_prefix: format!("{nanos:x}"),
+            counter: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// `Authorization: DPoP` and a fresh proof for a GET of `PATH` on `port`.
+    fn headers(&self, port: u16) -> Vec<(String, String)> {
+        let mut jwk = self.key.jwk();
+        jwk.as_object_mut().unwrap().remove("kid");
+        let header = json!({"typ": "dpop+jwt", "alg": self.key.alg(), "jwk": jwk});
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let iat = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let payload = json!({"jti": format!("{}-{n}", self.jti_prefix), "htm": "GET",
+            "htu": format!("http://127.0.0.1:{port}{PATH}"), "iat": iat,
+            "ath": b64url(Sha256::digest(self.token.as_bytes()))});
+        let proof = self.key.sign_raw(self.key.alg(), &header, &payload);
+        vec![
+            ("authorization".into(), format!("DPoP {}", self.token)),
+            ("dpop".into(), proof),
+        ]
+    }
 }
 
 struct Settings {
@@ -117,6 +210,10 @@ struct Tokens {
     rs256: String,
     es256: String,
     eddsa: String,
+    /// DPoP clients with an ES256 and an EdDSA key, each with an RS256
+    /// token bound to its key.
+    dpop_es256: DpopClient,
+    dpop_eddsa: DpopClient,
 }
 
 fn tokens() -> Tokens {
@@ -130,11 +227,19 @@ fn tokens() -> Tokens {
     // Valid well past the longest run.
     let claims = json!({"iss": ISS, "aud": AUD, "sub": "alice", "iat": now, "exp": now + 6 * 3600,
                         "realm_access": {"roles": ["llm-user"]}, "scope": "openid chat"});
+    let bound = |key: TestKey| {
+        let mut c = claims.clone();
+        c["cnf"] = json!({"jkt": thumbprint(&key)});
+        let token = rsa.sign(&c);
+        DpopClient::new(key, token)
+    };
     Tokens {
         jwks: jwks(&[&rsa, &ec, &ed]).to_string(),
         rs256: rsa.sign(&claims),
         es256: ec.sign(&claims),
         eddsa: ed.sign(&claims),
+        dpop_es256: bound(TestKey::p256("client-es256")),
+        dpop_eddsa: bound(TestKey::ed25519("client-ed")),
     }
 }
 
@@ -218,6 +323,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             headers: bearer(&t.rs256),
             enforces: false,
             checks: vec![],
+            body: Vec::new(),
+            dpop: None,
         },
         Variant {
             name: "native_jwt_nocache",
@@ -228,6 +335,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
                 Check::EveryRequest(native_stat("native_jwt_nocache", "allowed")),
                 Check::Never(native_stat("native_jwt_nocache", "jwt_cache_hit")),
             ],
+            body: Vec::new(),
+            dpop: None,
         },
         Variant {
             name: "native_jwt_cache",
@@ -238,6 +347,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
                 Check::EveryRequest(native_stat("native_jwt_cache", "allowed")),
                 Check::EveryRequest(native_stat("native_jwt_cache", "jwt_cache_hit")),
             ],
+            body: Vec::new(),
+            dpop: None,
         },
         // The floor of any wasm filter: a proxy-wasm filter that does nothing
         // (benches/noop-filter), in the same V8.
@@ -247,6 +358,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             headers: bearer(&t.rs256),
             enforces: false,
             checks: vec![],
+            body: Vec::new(),
+            dpop: None,
         },
         // Diagnostic: our filter on a route that requires no JWT. The floor of
         // any wasm filter in V8 (VM calls per stream, the header snapshot);
@@ -260,6 +373,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
                 Check::Never(wasm_stat("jwt_cache_hit")),
                 Check::Never(wasm_stat("jwt_cache_miss")),
             ],
+            body: Vec::new(),
+            dpop: None,
         },
     ];
     // Passthrough auth (issue 4) against the same auth service, a second
@@ -274,6 +389,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         checks: vec![Check::EveryRequest(
             "http.native_ext_authz.ext_authz.ok".into(),
         )],
+        body: Vec::new(),
+        dpop: None,
     });
     // The floor of any proxy-wasm passthrough: one call, answer unread, resume.
     v.push(Variant {
@@ -282,6 +399,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         headers: api_key.clone(),
         enforces: false,
         checks: vec![],
+        body: Vec::new(),
+        dpop: None,
     });
     v.push(Variant {
         name: "wasm_ext_authz",
@@ -292,6 +411,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             Check::EveryRequest(authz_stat("ok")),
             Check::Never(authz_stat("decision_cache_hit")),
         ],
+        body: Vec::new(),
+        dpop: None,
     });
     v.push(Variant {
         name: "wasm_ext_authz_cache",
@@ -299,6 +420,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         headers: api_key,
         enforces: true,
         checks: vec![Check::EveryRequest(authz_stat("decision_cache_hit"))],
+        body: Vec::new(),
+        dpop: None,
     });
     for (alg, token) in [
         ("rs256", &t.rs256),
@@ -314,6 +437,8 @@ fn variants(t: &Tokens) -> Vec<Variant> {
                 Check::EveryRequest(wasm_stat("allowed")),
                 Check::Never(wasm_stat("jwt_cache_hit")),
             ],
+            body: Vec::new(),
+            dpop: None,
         });
         v.push(Variant {
             name: leak(format!("wasm_{alg}_hit")),
@@ -324,9 +449,175 @@ fn variants(t: &Tokens) -> Vec<Variant> {
                 Check::EveryRequest(wasm_stat("allowed")),
                 Check::EveryRequest(wasm_stat("jwt_cache_hit")),
             ],
+            body: Vec::new(),
+            dpop: None,
         });
     }
+    // DPoP (issue 16): the token of wasm_rs256_hit, bound to the client's key.
+    for (alg, client) in [("es256", &t.dpop_es256), ("eddsa", &t.dpop_eddsa)] {
+        v.push(Variant {
+            name: leak(format!("wasm_dpop_{alg}")),
+            filters: vec![wasm_dpop(t)],
+            headers: vec![],
+            enforces: true,
+            checks: vec![
+                Check::EveryRequest(wasm_stat("dpop_verified")),
+                Check::EveryRequest(wasm_stat("jwt_cache_hit")),
+            ],
+            body: Vec::new(),
+            dpop: Some(client.clone()),
+        });
+    }
+    // API keys (issue 15), ours next to Envoy's api_key_auth.
+    let keys = api_keys(10_000);
+    let used = vec![("x-api-key".to_string(), keys[7777 % keys.len()].clone())];
+    let first = vec![("x-api-key".to_string(), keys[0].clone())];
+    for (name, n, headers) in [("1", 1, &first), ("10k", 10_000, &used)] {
+        v.push(Variant {
+            name: leak(format!("wasm_apikey_{name}")),
+            filters: vec![wasm_api_keys(&keys[..n], false)],
+            headers: headers.clone(),
+            enforces: true,
+            checks: vec![Check::EveryRequest(wasm_stat("api_key_valid"))],
+            body: Vec::new(),
+            dpop: None,
+        });
+        v.push(Variant {
+            name: leak(if n == 1 {
+                "native_api_key_auth".to_string()
+            } else {
+                format!("native_api_key_auth_{name}")
+            }),
+            filters: vec![native_api_key_auth(&keys[..n])],
+            headers: headers.clone(),
+            enforces: true,
+            checks: vec![],
+            body: Vec::new(),
+            dpop: None,
+        });
+    }
+    // The model check (issue 15) on a 2 KiB chat request.
+    let body = chat_body(2048);
+    v.push(Variant {
+        name: "buffer_post_2k",
+        filters: vec![buffer_filter()],
+        headers: vec![("content-type".into(), "application/json".into())],
+        enforces: false,
+        checks: vec![],
+        body: body.clone(),
+        dpop: None,
+    });
+    let mut json_key = first.clone();
+    json_key.push(("content-type".into(), "application/json".into()));
+    v.push(Variant {
+        name: "wasm_apikey_1_post_2k",
+        filters: vec![wasm_api_keys(&keys[..1], false), buffer_filter()],
+        headers: json_key.clone(),
+        enforces: true,
+        checks: vec![
+            Check::EveryRequest(wasm_stat("api_key_valid")),
+            Check::Never("wasmcustom.ai_auth.model_check.allowed".into()),
+        ],
+        body: body.clone(),
+        dpop: None,
+    });
+    v.push(Variant {
+        name: "wasm_model_check_2k",
+        filters: vec![wasm_api_keys(&keys[..1], true), buffer_filter()],
+        headers: json_key,
+        enforces: true,
+        checks: vec![
+            Check::EveryRequest(wasm_stat("api_key_valid")),
+            Check::EveryRequest("wasmcustom.ai_auth.model_check.allowed".into()),
+        ],
+        body,
+        dpop: None,
+    });
     v
+}
+
+/// Our filter with the RS256 provider of `wasm_rs256_hit`, taking DPoP
+/// proofs. The proof window is short and the replay cache large, so the
+/// cache never fills at benchmark rates (the README says how to size it).
+fn wasm_dpop(t: &Tokens) -> Value {
+    bootstrap::wasm_filter(&json!({"jwt_authn": {
+        "providers": {"idp": {
+            "issuer": ISS,
+            "audiences": [AUD],
+            "local_jwks": {"inline_string": t.jwks},
+            "forward": false,
+            "dpop": {"required": true, "algorithms": ["ES256", "EdDSA"], "max_age": "5s",
+                     "replay_cache_entries": 1 << 20}
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    }}))
+}
+
+/// `n` distinct client keys.
+fn api_keys(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("sk-gw-bench-{i:05}-7f3a9c"))
+        .collect()
+}
+
+/// Our API key provider with these keys (as hashes), key in `x-api-key`;
+/// with `model_check`, every key may use `gpt-4o*` and the rule checks it.
+fn wasm_api_keys(keys: &[String], model_check: bool) -> Value {
+    let entries: Vec<Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let hex: String = Sha256::digest(k.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            json!({"name": format!("app-{i}"), "tenant": "acme", "sha256": hex,
+                   "allowed_models": ["gpt-4o*"]})
+        })
+        .collect();
+    let mut rule = json!({"match": {"prefix": "/"}, "requires": {"provider_name": "keys"}});
+    if model_check {
+        rule["model_check"] = json!({});
+    }
+    bootstrap::wasm_filter(&json!({"jwt_authn": {
+        "providers": {"keys": {"api_keys": entries, "from_headers": [{"name": "x-api-key"}]}},
+        "rules": [rule]
+    }}))
+}
+
+/// Envoy's own `api_key_auth` with the same keys, in plaintext.
+fn native_api_key_auth(keys: &[String]) -> Value {
+    let credentials: Vec<Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| json!({"key": k, "client": format!("app-{i}")}))
+        .collect();
+    json!({
+        "name": "envoy.filters.http.api_key_auth",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+            "credentials": credentials,
+            "key_sources": [{"header": "x-api-key"}]
+        }
+    })
+}
+
+fn buffer_filter() -> Value {
+    json!({"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 1048576}})
+}
+
+/// An OpenAI chat request of `size` bytes, `model` first as clients send it.
+fn chat_body(size: usize) -> Vec<u8> {
+    let head = r#"{"model":"gpt-4o-mini","stream":false,"messages":[{"role":"user","content":""#;
+    let tail = r#""}]}"#;
+    let fill = size.saturating_sub(head.len() + tail.len());
+    format!(
+        "{head}{}{tail}",
+        &"lorem ipsum ".repeat(fill / 12 + 1)[..fill]
+    )
+    .into_bytes()
 }
 
 /// Envoy's `ext_authz` with an HTTP service, as the passthrough variants use it.
@@ -585,13 +876,17 @@ fn run() -> Result<(), String> {
     // Before anything is timed: every variant answers 200 to its request,
     // and every filter refuses the request without its headers.
     for v in &all {
-        let headers: Vec<(&str, &str)> = v
-            .headers
+        let port = envoy.port(v.name);
+        let mut owned = v.headers.clone();
+        if let Some(d) = &v.dpop {
+            owned.extend(d.headers(port));
+        }
+        let headers: Vec<(&str, &str)> = owned
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let port = envoy.port(v.name);
-        let r = http::get(port, PATH, &headers)?;
+        let method = if v.body.is_empty() { "GET" } else { "POST" };
+        let r = http::request(port, method, PATH, &headers, &v.body)?;
         if r.status != 200 {
             return Err(format!(
                 "{}: preflight answered {}: {}",
@@ -601,7 +896,7 @@ fn run() -> Result<(), String> {
             ));
         }
         if v.enforces {
-            let r = http::get(port, PATH, &[])?;
+            let r = http::request(port, method, PATH, &[], &v.body)?;
             if (200..300).contains(&r.status) {
                 return Err(format!(
                     "{}: answered {} without credentials: the filter is not enforcing",
@@ -626,6 +921,15 @@ fn run() -> Result<(), String> {
             let v = &all[i];
             let mut cfg = loadgen::Config::new(envoy.port(v.name), PATH);
             cfg.headers = v.headers.clone();
+            cfg.body = v.body.clone();
+            if let Some(d) = v.dpop.clone() {
+                let (base, port) = (cfg.clone(), envoy.port(v.name));
+                cfg.request_maker = Some(loadgen::RequestMaker(Arc::new(move || {
+                    let mut c = base.clone();
+                    c.headers.extend(d.headers(port));
+                    c.request_bytes()
+                })));
+            }
             cfg.connections = s.connections;
             cfg.warmup = s.warmup;
             cfg.duration = s.window;
@@ -797,6 +1101,53 @@ fn run() -> Result<(), String> {
             "  {:<20} {r:.2}x none ({c:.2}x by CPU), reference: about 0.60x",
             "native_ext_authz"
         );
+    }
+    let cpu = |name: &str| all.iter().position(|v| v.name == name).map(|i| med[i].cpu);
+    let extra = |name: &str, over: &str| Some(cpu(name)? - cpu(over)?);
+    println!();
+    println!("issue 16 (DPoP against a plain Bearer token, same RS256 token cached):");
+    for (name, miss) in [
+        ("wasm_dpop_es256", "wasm_es256_miss"),
+        ("wasm_dpop_eddsa", "wasm_eddsa_miss"),
+    ] {
+        if let (Some((r, c)), Some(e)) = (ratios(name), extra(name, "wasm_rs256_hit")) {
+            println!(
+                "  {name:<20} {r:.2}x none ({c:.2}x by CPU), {e:+.1} us/req over wasm_rs256_hit"
+            );
+        }
+        if let Some(m) = extra(miss, "wasm_rs256_hit") {
+            println!(
+                "  {:<20} (one signature check alone: {miss} {m:+.1} us/req over wasm_rs256_hit)",
+                ""
+            );
+        }
+    }
+    println!();
+    println!("issue 15 (API keys and the model check, extra Envoy CPU per request):");
+    for (name, over) in [
+        ("wasm_apikey_1", "none"),
+        ("native_api_key_auth", "none"),
+        ("wasm_apikey_10k", "none"),
+        ("native_api_key_auth_10k", "none"),
+        ("wasm_apikey_1_post_2k", "buffer_post_2k"),
+        ("wasm_model_check_2k", "buffer_post_2k"),
+        ("wasm_model_check_2k", "wasm_apikey_1_post_2k"),
+    ] {
+        if let Some(e) = extra(name, over) {
+            println!("  {name:<24} {e:+.1} us/req over {over}");
+        }
+    }
+    for (ours, native) in [
+        ("wasm_apikey_1", "native_api_key_auth"),
+        ("wasm_apikey_10k", "native_api_key_auth_10k"),
+    ] {
+        if let (Some(o), Some(n)) = (ratios(ours), ratios(native)) {
+            println!(
+                "  {ours:<24} {:.2}x {native} ({:.2}x by CPU)",
+                o.0 / n.0,
+                o.1 / n.1
+            );
+        }
     }
     Ok(())
 }

@@ -537,3 +537,86 @@ fn a_key_from_the_new_api_key_command_works_as_pasted() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("expires_at"));
     assert!(out.stdout.is_empty(), "nothing printed for a refused entry");
 }
+
+/// The passthrough's `claims_to_headers` with an API key identity: the auth
+/// service sees the key's name, tenant and label (never a client's forged
+/// value, never the key), as it would a JWT's claims.
+#[test]
+fn the_passthrough_receives_the_api_keys_claims() {
+    let auth = Server::start(|_| ai_auth_testkit::http::Action::status(200));
+    let upstream = Server::echo();
+    let plugin = json!({
+        "jwt_authn": {
+            "providers": {"keys": keys_provider()},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "keys"}}]
+        },
+        "ext_authz": {
+            "http_service": {
+                "server_uri": {"uri": "http://authz.local", "cluster": "authz", "timeout": "1s"},
+                "authorization_request": {"allowed_headers": {"patterns": [
+                    {"exact": "x-api-key"}, {"exact": "authorization"}, {"prefix": "x-verified-"}]}}
+            },
+            "claims_to_headers": [
+                {"claim_name": "sub", "header_name": "x-verified-caller"},
+                {"claim_name": "tenant", "header_name": "x-verified-tenant"},
+                {"claim_name": "labels.team", "header_name": "x-verified-team"}
+            ]
+        }
+    });
+    let boot = bootstrap::bootstrap(
+        vec![bootstrap::listener(
+            "main",
+            vec![bootstrap::wasm_filter_with_env(
+                &plugin,
+                &[("GATEWAY_API_KEYS", "[]")],
+            )],
+            vec![bootstrap::route_to("upstream")],
+        )],
+        vec![
+            bootstrap::cluster("upstream", upstream.port),
+            bootstrap::cluster("authz", auth.port),
+        ],
+    );
+    let envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
+    let r = http::get(
+        envoy.port("main"),
+        "/v1/models",
+        &[
+            ("x-api-key", ACME_KEY),
+            ("x-verified-tenant", "globex"),
+            ("x-verified-caller", "mallory"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let check = auth.last().expect("the auth service was asked");
+    assert_eq!(check.headers_named("x-verified-caller"), ["search-app"]);
+    assert_eq!(check.headers_named("x-verified-tenant"), ["acme"]);
+    assert_eq!(check.headers_named("x-verified-team"), ["search"]);
+    assert!(
+        !check.all_text().contains(ACME_KEY),
+        "the key never reaches the auth service"
+    );
+    // Another key, other claims; an unknown key never reaches the service.
+    let r = http::get(
+        envoy.port("main"),
+        "/v1/models",
+        &[("x-api-key", GLOBEX_KEY)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let check = auth.last().unwrap();
+    assert_eq!(check.headers_named("x-verified-caller"), ["globex-app"]);
+    assert_eq!(check.headers_named("x-verified-tenant"), ["globex"]);
+    assert!(check.headers_named("x-verified-team").is_empty());
+    let asked = auth.count();
+    let r = http::get(
+        envoy.port("main"),
+        "/v1/models",
+        &[("x-api-key", "sk-gw-wrong")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(auth.count(), asked);
+    assert_eq!(upstream.count(), 2);
+}

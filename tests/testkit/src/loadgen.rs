@@ -5,7 +5,7 @@
 //!
 //! Cheap per request so that, on a small machine, the proxy stays the
 //! bottleneck: no thread switch per request, the request bytes are built
-//! once, each connection reads into one reused buffer, and responses are
+//! once (unless a [`RequestMaker`] makes each one, as DPoP proofs need), each connection reads into one reused buffer, and responses are
 //! parsed in place (status line, `Content-Length`, `Connection: close`)
 //! without allocating. Every connection's wait for a response has a
 //! timeout; an I/O or protocol failure ends that connection and is
@@ -18,6 +18,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Makes the bytes of each request anew (a fresh DPoP proof per request):
+/// called on the load generator's thread, so its cost shows in the
+/// client's CPU, not the proxy's.
+#[derive(Clone)]
+pub struct RequestMaker(pub Arc<dyn Fn() -> Vec<u8> + Send + Sync>);
+
+impl std::fmt::Debug for RequestMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestMaker(..)")
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -36,6 +48,8 @@ pub struct Config {
     pub duration: Duration,
     /// Limit of every connect and of every wait for a response.
     pub io_timeout: Duration,
+    /// When set, each request is made by it instead of `request_bytes()`.
+    pub request_maker: Option<RequestMaker>,
 }
 
 impl Config {
@@ -50,6 +64,7 @@ impl Config {
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(3),
             io_timeout: Duration::from_secs(5),
+            request_maker: None,
         }
     }
 
@@ -125,7 +140,12 @@ pub fn run(cfg: &Config) -> Report {
 /// opens and right after it closes (to sample, for example, the proxy's CPU
 /// time over exactly the window).
 pub fn run_measured(cfg: &Config, mut at_window_edge: impl FnMut()) -> Report {
-    let request: Arc<[u8]> = cfg.request_bytes().into();
+    let fixed: Arc<[u8]> = cfg.request_bytes().into();
+    let maker = cfg.request_maker.clone();
+    let request: Arc<dyn Fn() -> Arc<[u8]> + Send + Sync> = match maker {
+        Some(RequestMaker(make)) => Arc::new(move || make().into()),
+        None => Arc::new(move || fixed.clone()),
+    };
     let addr = SocketAddr::from(([127, 0, 0, 1], cfg.port));
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -147,7 +167,7 @@ pub fn run_measured(cfg: &Config, mut at_window_edge: impl FnMut()) -> Report {
             .name(format!("loadgen-{t}"))
             .spawn(move || {
                 if let Some(slot) = slots.get(t) {
-                    let errors = poll_loop(addr, share, timeout, &request, slot, &stop);
+                    let errors = poll_loop(addr, share, timeout, &*request, slot, &stop);
                     if let Ok(mut f) = failed.lock() {
                         f.extend(errors.into_iter().map(|e| format!("loop {t}: {e}")));
                     }
@@ -217,6 +237,8 @@ fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
 struct Conn {
     stream: TcpStream,
     reader: ResponseReader,
+    /// The request in flight.
+    request: Arc<[u8]>,
     /// Bytes of the current request already written; `None`: nothing in flight.
     written: Option<usize>,
     sent_at: Instant,
@@ -227,21 +249,26 @@ impl Conn {
         Ok(Conn {
             stream: connect(addr, timeout)?,
             reader: ResponseReader::new(),
+            request: Arc::from(Vec::new()),
             written: None,
             sent_at: Instant::now(),
         })
     }
 
     /// Starts a request and writes what the socket takes now.
-    fn send(&mut self, request: &[u8]) -> Result<(), String> {
+    fn send(&mut self, request: Arc<[u8]>) -> Result<(), String> {
+        self.request = request;
         self.written = Some(0);
         self.sent_at = Instant::now();
-        self.flush(request)
+        self.flush()
     }
 
-    fn flush(&mut self, request: &[u8]) -> Result<(), String> {
-        while let Some(done) = self.written.filter(|&w| w < request.len()) {
-            match self.stream.write(request.get(done..).unwrap_or_default()) {
+    fn flush(&mut self) -> Result<(), String> {
+        while let Some(done) = self.written.filter(|&w| w < self.request.len()) {
+            match self
+                .stream
+                .write(self.request.get(done..).unwrap_or_default())
+            {
                 Ok(0) => return Err("write: connection closed".into()),
                 Ok(n) => self.written = Some(done + n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -252,8 +279,8 @@ impl Conn {
         Ok(())
     }
 
-    fn wants_write(&self, request: &[u8]) -> bool {
-        self.written.is_some_and(|w| w < request.len())
+    fn wants_write(&self) -> bool {
+        self.written.is_some_and(|w| w < self.request.len())
     }
 }
 
@@ -263,14 +290,14 @@ fn poll_loop(
     addr: SocketAddr,
     count: usize,
     timeout: Duration,
-    request: &[u8],
+    request: &(dyn Fn() -> Arc<[u8]> + Send + Sync),
     slot: &Slot,
     stop: &AtomicBool,
 ) -> Vec<String> {
     let mut failures = Vec::new();
     let mut conns: Vec<Conn> = Vec::with_capacity(count);
     for i in 0..count {
-        match Conn::open(addr, timeout).and_then(|mut c| c.send(request).map(|()| c)) {
+        match Conn::open(addr, timeout).and_then(|mut c| c.send(request()).map(|()| c)) {
             Ok(c) => conns.push(c),
             Err(e) => failures.push(format!("connection {i}: {e}")),
         }
@@ -288,12 +315,7 @@ fn poll_loop(
         fds.clear();
         fds.extend(conns.iter().map(|c| libc::pollfd {
             fd: c.stream.as_raw_fd(),
-            events: libc::POLLIN
-                | if c.wants_write(request) {
-                    libc::POLLOUT
-                } else {
-                    0
-                },
+            events: libc::POLLIN | if c.wants_write() { libc::POLLOUT } else { 0 },
             revents: 0,
         }));
         // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()`
@@ -313,7 +335,7 @@ fn poll_loop(
             let revents = fds.get(i).map_or(0, |f| f.revents);
             let result = match conns.get_mut(i) {
                 Some(c) if revents != 0 => {
-                    let mut result = c.flush(request).map(|()| None);
+                    let mut result = c.flush().map(|()| None);
                     if result.is_ok() && revents & !libc::POLLOUT != 0 {
                         result = c.reader.read_available(&mut c.stream);
                     }
@@ -346,7 +368,7 @@ fn poll_loop(
                         Ok(())
                     };
                     let sent = match (next, conns.get_mut(i)) {
-                        (Ok(()), Some(c)) if !stop.load(Ordering::Relaxed) => c.send(request),
+                        (Ok(()), Some(c)) if !stop.load(Ordering::Relaxed) => c.send(request()),
                         (Ok(()), Some(c)) => {
                             c.written = None;
                             Ok(())
