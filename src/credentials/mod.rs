@@ -4,6 +4,7 @@
 
 use crate::vocab::unique_map::UniqueMap;
 pub mod oauth2;
+pub mod sigv4;
 
 use crate::jwt::Identity;
 use crate::request::{cookie_header_without, path_without_params, RequestView};
