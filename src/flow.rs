@@ -20,6 +20,7 @@
 
 use crate::callout::{CalloutRequest, CalloutResponse, SharedStore};
 use crate::config::FilterConfig;
+use crate::credentials::aws::PendingSignature;
 use crate::credentials::oauth2::UpstreamToken;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
@@ -126,6 +127,10 @@ pub struct InFlight {
     introspected: Vec<Fresh>,
     /// The introspection call in flight: provider and token digest.
     introspecting: Option<(usize, TokenDigest)>,
+    /// A SigV4 request waiting for its body to be signed.
+    sign_body: Option<Box<PendingSignature>>,
+    /// The signature, published with the decision that lets the request go.
+    signed: Vec<(&'static str, String)>,
 }
 
 impl InFlight {
@@ -146,6 +151,8 @@ impl InFlight {
             authz_after_body: false,
             introspected: Vec::new(),
             introspecting: None,
+            sign_body: None,
+            signed: Vec::new(),
         }
     }
 
@@ -192,6 +199,10 @@ impl InFlight {
             }
             other => other,
         };
+        if matches!(step, Step::Continue(_)) {
+            let signed = std::mem::take(&mut self.signed);
+            self.properties.extend(signed);
+        }
         Decision {
             step,
             counters: std::mem::take(&mut self.counters),
@@ -352,9 +363,9 @@ fn run(
         },
         Some(_) => {
             flight.counters.push(Counter::ExtAuthzDisabled);
-            (finish(cfg, &mut flight), None)
+            finish_owned(cfg, flight)
         }
-        None => (finish(cfg, &mut flight), None),
+        None => finish_owned(cfg, flight),
     }
 }
 
@@ -388,6 +399,10 @@ fn release_headers(
     }
     let mut d = finish(cfg, &mut flight);
     if let Step::Continue(ops) = d.step {
+        let max_bytes = flight
+            .sign_body
+            .as_ref()
+            .map_or(max_bytes, |p| max_bytes.max(p.max_body_bytes));
         d.step = Step::ContinueAndBufferBody { ops, max_bytes };
         flight.headers_released = true;
         return (d, Some(flight));
@@ -441,6 +456,20 @@ pub fn on_request_body(
 ) -> (Decision, Option<InFlight>) {
     let mut flight = flight;
     flight.now = now;
+    if let Some(pending) = flight.sign_body.take() {
+        if truncated || body.len() > pending.max_body_bytes {
+            flight.counters.push(Counter::Sigv4BodyTooLarge);
+            flight.note(|| "upstream_credentials: body above the SigV4 max_body_bytes".into());
+            let reply = LocalReply::json_error(
+                413,
+                "payload_too_large",
+                "the request body is larger than the gateway signs",
+            );
+            return (flight.decision(cfg, Step::Reply(reply)), None);
+        }
+        flight.counters.push(Counter::Sigv4Signed);
+        flight.signed = pending.sign(body).properties();
+    }
     if let Some(check) = flight.model_rule.take().and_then(|i| model_check(cfg, i)) {
         let (start, cut) = start_of(body, truncated, check.max_body_bytes);
         let field = model_field(start, cut);
@@ -483,7 +512,7 @@ fn ask_auth_service(
         {
             flight.counters.push(Counter::ExtAuthzCacheHit);
             flight.note(|| "ext_authz: cached decision".into());
-            return (apply_decision(cfg, authz, flight, &decision), None);
+            return apply_decision(cfg, authz, flight, &decision);
         }
         flight.counters.push(Counter::ExtAuthzCacheMiss);
         flight.cache_key = Some(key);
@@ -505,10 +534,7 @@ pub fn on_callout_response(
     if let Some((provider, digest)) = flight.introspecting.take() {
         return introspected(cfg, state, store, flight, provider, digest, &reply, now);
     }
-    (
-        on_auth_service_response(cfg, store, flight, reply, now),
-        None,
-    )
+    on_auth_service_response(cfg, store, flight, reply, now)
 }
 
 /// The introspection endpoint answered (or did not): the answer is
@@ -525,7 +551,7 @@ fn introspected(
     now: u64,
 ) -> (Decision, Option<InFlight>) {
     let Some(jwt_cfg) = cfg.jwt_authn.as_ref() else {
-        return (finish(cfg, &mut flight), None);
+        return finish_owned(cfg, flight);
     };
     let answer = match jwt_cfg
         .providers
@@ -565,10 +591,10 @@ fn on_auth_service_response(
     mut flight: InFlight,
     reply: CalloutResponse,
     now: u64,
-) -> Decision {
+) -> (Decision, Option<InFlight>) {
     flight.now = now;
     let Some(authz) = &cfg.ext_authz else {
-        return finish(cfg, &mut flight);
+        return finish_owned(cfg, flight);
     };
     let decision = authz.decide(&reply);
     if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, &flight.cache_key) {
@@ -600,16 +626,15 @@ pub fn on_callout_failed(
         return on_callout_response(cfg, state, store, flight, CalloutResponse::default(), now);
     }
     flight.note(|| "ext_authz: the call could not be dispatched".into());
-    let decision = match &cfg.ext_authz {
+    match &cfg.ext_authz {
         Some(authz) => apply_decision(
             cfg,
             authz,
             flight,
             &AuthDecision::Error(ErrorKind::DispatchFailed),
         ),
-        None => finish(cfg, &mut flight),
-    };
-    (decision, None)
+        None => finish_owned(cfg, flight),
+    }
 }
 
 fn apply_decision(
@@ -617,11 +642,11 @@ fn apply_decision(
     authz: &ExtAuthz,
     mut flight: InFlight,
     decision: &AuthDecision,
-) -> Decision {
+) -> (Decision, Option<InFlight>) {
     match authz.resolve(decision, &flight.req, &mut flight.counters) {
         Verdict::Denied(reply) => {
             flight.note(|| format!("ext_authz: {}", reply.details));
-            flight.decision(cfg, Step::Reply(reply))
+            (flight.decision(cfg, Step::Reply(reply)), None)
         }
         Verdict::Allowed {
             ops,
@@ -634,15 +659,38 @@ fn apply_decision(
                 // with `with_request_body` or a model check).
                 let mut d = flight.decision(cfg, Step::Continue(Vec::new()));
                 d.response_headers = client_headers;
-                return d;
+                return (d, None);
             }
             flight.req.apply(&ops);
             flight.ops.extend(ops);
-            let mut d = finish(cfg, &mut flight);
-            if matches!(d.step, Step::Continue(_)) {
+            let (mut d, next) = finish_owned(cfg, flight);
+            if matches!(
+                d.step,
+                Step::Continue(_) | Step::ContinueAndBufferBody { .. }
+            ) {
                 d.response_headers = client_headers;
             }
-            d
+            (d, next)
+        }
+    }
+}
+
+/// Stage 3 and the final step, for a request whose headers are still
+/// held: a SigV4 request with a body goes on, its body held to be signed.
+fn finish_owned(cfg: &FilterConfig, mut flight: InFlight) -> (Decision, Option<InFlight>) {
+    let mut d = finish(cfg, &mut flight);
+    match (d.step, &flight.sign_body) {
+        (Step::Continue(ops), Some(pending)) => {
+            d.step = Step::ContinueAndBufferBody {
+                ops,
+                max_bytes: pending.max_body_bytes,
+            };
+            flight.headers_released = true;
+            (d, Some(flight))
+        }
+        (step, _) => {
+            d.step = step;
+            (d, None)
         }
     }
 }
@@ -651,10 +699,20 @@ fn apply_decision(
 fn finish(cfg: &FilterConfig, flight: &mut InFlight) -> Decision {
     if let Some(creds) = &cfg.upstream_credentials {
         match creds.plan(&flight.req, &flight.identities, &flight.tokens, flight.now) {
-            CredentialOutcome::Inject { ops, backend } => {
+            CredentialOutcome::Inject {
+                ops,
+                backend,
+                properties,
+                sign_body,
+            } => {
                 flight.counters.push(Counter::CredentialsInjected);
                 flight.note(|| format!("upstream_credentials: backend={backend}"));
                 flight.properties.push((BACKEND_PROPERTY, backend));
+                if !properties.is_empty() {
+                    flight.counters.push(Counter::Sigv4Signed);
+                    flight.signed = properties;
+                }
+                flight.sign_body = sign_body;
                 flight.ops.extend(ops);
             }
             CredentialOutcome::PassThrough => {

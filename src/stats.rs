@@ -46,10 +46,14 @@ pub enum Counter {
     IntrospectionActive,
     IntrospectionInactive,
     IntrospectionFailed,
+    Sigv4Signed,
+    Sigv4BodyTooLarge,
+    AwsCredentialsFetchSuccess,
+    AwsCredentialsFetchFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 39] = [
+    pub const ALL: [Counter; 43] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -89,6 +93,10 @@ impl Counter {
         Counter::IntrospectionActive,
         Counter::IntrospectionInactive,
         Counter::IntrospectionFailed,
+        Counter::Sigv4Signed,
+        Counter::Sigv4BodyTooLarge,
+        Counter::AwsCredentialsFetchSuccess,
+        Counter::AwsCredentialsFetchFailed,
     ];
 
     /// Metric name without the `ai_auth.` prefix.
@@ -133,6 +141,14 @@ impl Counter {
             Counter::IntrospectionActive => "jwt_authn.introspection_active",
             Counter::IntrospectionInactive => "jwt_authn.introspection_inactive",
             Counter::IntrospectionFailed => "jwt_authn.introspection_failed",
+            Counter::Sigv4Signed => "upstream_credentials.sigv4_signed",
+            Counter::Sigv4BodyTooLarge => "upstream_credentials.sigv4_body_too_large",
+            Counter::AwsCredentialsFetchSuccess => {
+                "upstream_credentials.aws_credentials_fetch_success"
+            }
+            Counter::AwsCredentialsFetchFailed => {
+                "upstream_credentials.aws_credentials_fetch_failed"
+            }
         }
     }
 

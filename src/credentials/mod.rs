@@ -3,6 +3,7 @@
 //! in their place.
 
 use crate::vocab::unique_map::UniqueMap;
+pub mod aws;
 pub mod oauth2;
 pub mod sigv4;
 
@@ -12,6 +13,7 @@ use crate::response::{is_valid_header_value, ErrorFormat, HeaderOp, LocalReply};
 use crate::route::{RawRouteMatch, RouteMatch};
 use crate::secret::Secret;
 use crate::vocab::{header_name, ConfigError, DataSource, Environment};
+use aws::{AwsSource, PendingSignature, RawSigV4, SigV4};
 use oauth2::{OAuth2, RawOAuth2, UpstreamToken};
 use serde::Deserialize;
 use serde_json::Value;
@@ -68,6 +70,8 @@ struct RawBackend {
     secret_by_claim: Option<RawSecretByClaim>,
     /// An OAuth 2 client-credentials token (Azure Entra ID...) as the secret.
     oauth2: Option<RawOAuth2>,
+    /// For `sigv4`: region, service, host, credentials.
+    sigv4: Option<RawSigV4>,
     /// For `header`: the header name; for `bearer`-like schemes it is `authorization`.
     header: Option<String>,
     /// For `header`: a prefix before the secret, e.g. `Token `.
@@ -94,6 +98,8 @@ enum SchemeName {
     Gemini,
     /// Any header, with an optional prefix.
     Header,
+    /// AWS Signature Version 4 (Bedrock).
+    Sigv4,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +133,7 @@ struct RawRoute {
 enum Scheme {
     Header { name: String, prefix: String },
     Anthropic { version: String },
+    SigV4(SigV4),
 }
 
 #[derive(Debug)]
@@ -134,6 +141,8 @@ enum SecretSource {
     Fixed(Secret),
     /// Fetched by the root context; the worker VM holds the current token.
     OAuth2(OAuth2),
+    /// AWS credentials for the `sigv4` scheme.
+    Aws(AwsSource),
     ByClaim {
         claim: Vec<String>,
         secrets: Vec<(String, Secret)>,
@@ -304,6 +313,30 @@ fn compile_backend(
             }
             Scheme::Anthropic { version }
         }
+        SchemeName::Sigv4 => {
+            if b.secret.is_some() || b.secret_by_claim.is_some() || b.oauth2.is_some() {
+                return Err(ConfigError::new(
+                    "",
+                    "the `sigv4` scheme takes its credentials in `sigv4`, not secret, secret_by_claim or oauth2",
+                ));
+            }
+            if b.header.is_some() || b.prefix.is_some() || b.anthropic_version.is_some() {
+                return Err(ConfigError::new(
+                    "header",
+                    "header, prefix and anthropic_version are not for the `sigv4` scheme",
+                ));
+            }
+            let raw = b.sigv4.ok_or_else(|| {
+                ConfigError::new("sigv4", "the `sigv4` scheme needs a `sigv4` block")
+            })?;
+            let (sigv4, source) = SigV4::compile(raw, env).map_err(|e| e.under("sigv4"))?;
+            return Ok(Backend {
+                name: name.to_string(),
+                scheme: Scheme::SigV4(sigv4),
+                secret: SecretSource::Aws(source),
+                error_format: b.error_format,
+            });
+        }
         SchemeName::Header => {
             let header = b.header.as_deref().ok_or_else(|| {
                 ConfigError::new("header", "the `header` scheme needs a header name")
@@ -323,6 +356,9 @@ fn compile_backend(
             "header",
             "header and prefix are only for the `header` scheme",
         ));
+    }
+    if b.sigv4.is_some() {
+        return Err(ConfigError::new("sigv4", "only for the `sigv4` scheme"));
     }
     if b.scheme != SchemeName::Anthropic && b.anthropic_version.is_some() {
         return Err(ConfigError::new(
@@ -388,6 +424,10 @@ pub enum CredentialOutcome {
     Inject {
         ops: Vec<HeaderOp>,
         backend: String,
+        /// Filter state to set with the edits (a SigV4 signature).
+        properties: Vec<(&'static str, String)>,
+        /// A SigV4 request with a body: signed once the body is there.
+        sign_body: Option<Box<PendingSignature>>,
     },
     /// A route configured to pass through: the request is left as it is.
     PassThrough,
@@ -464,6 +504,15 @@ impl UpstreamCredentials {
             }
         };
         let secret = match &backend.secret {
+            SecretSource::Aws(source) => {
+                let Scheme::SigV4(sigv4) = &backend.scheme else {
+                    return deny("no upstream backend is configured for this route");
+                };
+                let creds = match source {
+                    AwsSource::Static(c) => c.clone(),
+                };
+                return self.sigv4(req, backend, sigv4, creds, now);
+            }
             SecretSource::Fixed(s) => s,
             SecretSource::OAuth2(_) => match tokens.get(backend_index).and_then(Option::as_ref) {
                 Some(t) if t.usable_at(now) => &t.access_token,
@@ -496,13 +545,64 @@ impl UpstreamCredentials {
                 }
             }
         };
+        let mut ops = self.strip_ops(req);
+        match &backend.scheme {
+            Scheme::Header { name, prefix } => {
+                ops.push(HeaderOp::SetSecret(
+                    name.clone(),
+                    Secret::new(format!("{prefix}{}", secret.expose())),
+                ));
+            }
+            Scheme::Anthropic { version } => {
+                ops.push(HeaderOp::SetSecret("x-api-key".into(), secret.clone()));
+                if req.header("anthropic-version").is_none() {
+                    ops.push(HeaderOp::set("anthropic-version", version.clone()));
+                }
+            }
+            // Its secret source is `Aws`: handled above.
+            Scheme::SigV4(_) => return deny("no upstream backend is configured for this route"),
+        }
         CredentialOutcome::Inject {
-            ops: self.ops(req, backend, secret),
+            ops,
             backend: backend.name.clone(),
+            properties: Vec::new(),
+            sign_body: None,
         }
     }
 
-    fn ops(&self, req: &RequestView, backend: &Backend, secret: &Secret) -> Vec<HeaderOp> {
+    /// A SigV4 backend: the client's credentials stripped, then the signed
+    /// headers known now; the signature at once for a request without a
+    /// body, else once the body is there.
+    fn sigv4(
+        &self,
+        req: &RequestView,
+        backend: &Backend,
+        sigv4: &SigV4,
+        creds: Arc<sigv4::AwsCredentials>,
+        now: u64,
+    ) -> CredentialOutcome {
+        let mut ops = self.strip_ops(req);
+        let pending = sigv4.prepare(req, &mut ops, creds, now);
+        if req.has_body() {
+            return CredentialOutcome::Inject {
+                ops,
+                backend: backend.name.clone(),
+                properties: Vec::new(),
+                sign_body: Some(Box::new(pending)),
+            };
+        }
+        let signature = pending.sign(&[]);
+        ops.extend(signature.header_ops());
+        CredentialOutcome::Inject {
+            ops,
+            backend: backend.name.clone(),
+            // The same values for header_mutation, should it copy them.
+            properties: signature.properties(),
+            sign_body: None,
+        }
+    }
+
+    fn strip_ops(&self, req: &RequestView) -> Vec<HeaderOp> {
         let mut ops: Vec<HeaderOp> = self
             .strip_headers
             .iter()
@@ -521,20 +621,6 @@ impl UpstreamCredentials {
                 } else {
                     HeaderOp::set("cookie", rest)
                 });
-            }
-        }
-        match &backend.scheme {
-            Scheme::Header { name, prefix } => {
-                ops.push(HeaderOp::SetSecret(
-                    name.clone(),
-                    Secret::new(format!("{prefix}{}", secret.expose())),
-                ));
-            }
-            Scheme::Anthropic { version } => {
-                ops.push(HeaderOp::SetSecret("x-api-key".into(), secret.clone()));
-                if req.header("anthropic-version").is_none() {
-                    ops.push(HeaderOp::set("anthropic-version", version.clone()));
-                }
             }
         }
         ops

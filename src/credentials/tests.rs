@@ -337,3 +337,148 @@ fn oauth2_tokens_are_injected_while_usable_and_never_after() {
     .unwrap_err();
     assert_eq!(err.path, "backends.azure.oauth2.token_uri.uri");
 }
+
+fn sigv4_backend(extra: Value) -> Result<UpstreamCredentials, ConfigError> {
+    let mut sigv4 = json!({
+        "region": "us-east-1", "host": "bedrock-runtime.us-east-1.amazonaws.com",
+        "signed_headers": ["Content-Type"],
+        "credentials": {"access_key_id": {"inline_string": "AKIDEXAMPLE"},
+                        "secret_access_key": {"inline_string": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"},
+                        "session_token": {"inline_string": "session-token-value"}}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        sigv4[k] = v.clone();
+    }
+    compile(
+        json!({"backends": {"bedrock": {"scheme": "sigv4", "sigv4": sigv4}},
+                   "routes": [{"match": {"prefix": "/"}, "backend": "bedrock"}]}),
+    )
+}
+
+#[test]
+fn sigv4_without_a_body_is_signed_with_the_empty_hash_at_once() {
+    let c = sigv4_backend(json!({})).unwrap();
+    let r = RequestView::new(
+        [
+            (":method", "GET"),
+            (
+                ":path",
+                "/foundation-models?key=client&byProvider=anthropic",
+            ),
+            (":authority", "gateway.local"),
+            ("authorization", "Bearer client-jwt"),
+            ("x-amz-date", "19990101T000000Z"),
+            ("x-amz-security-token", "client-token"),
+            ("content-type", "application/json"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let CredentialOutcome::Inject {
+        ops,
+        properties,
+        sign_body,
+        ..
+    } = c.plan(&r, &[], &[], 1_440_938_160)
+    else {
+        panic!("expected injection");
+    };
+    assert!(sign_body.is_none());
+    let mut seen = r.clone();
+    seen.apply(&ops);
+    assert_eq!(seen.authority(), "bedrock-runtime.us-east-1.amazonaws.com");
+    assert_eq!(seen.path(), "/foundation-models?byProvider=anthropic");
+    assert_eq!(seen.header("x-amz-date"), Some("20150830T123600Z"));
+    assert_eq!(
+        seen.header("x-amz-security-token"),
+        Some("session-token-value")
+    );
+    assert_eq!(
+        seen.header("x-amz-content-sha256"),
+        Some(sigv4::EMPTY_SHA256)
+    );
+    let auth = seen.header("authorization").unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token, Signature="),
+        "{auth}"
+    );
+    assert_eq!(seen.header_values("authorization").count(), 1);
+    assert!(properties.contains(&(aws::AUTHORIZATION_PROPERTY, auth.to_string())));
+    // The secrets never print.
+    let printed = format!("{ops:?}");
+    assert!(!printed.contains("session-token-value") && !printed.contains("wJalr"));
+}
+
+#[test]
+fn sigv4_with_a_body_is_signed_once_the_body_is_there() {
+    let c = sigv4_backend(json!({"max_body_bytes": 100})).unwrap();
+    let mut r = req(
+        "/model/m%3A0/invoke",
+        &[("content-type", "application/json")],
+    );
+    r.set_has_body(true);
+    let CredentialOutcome::Inject {
+        ops,
+        properties,
+        sign_body,
+        ..
+    } = c.plan(&r, &[], &[], 1_440_938_160)
+    else {
+        panic!("expected injection");
+    };
+    assert!(properties.is_empty());
+    assert!(ops
+        .iter()
+        .all(|op| op.name() != "authorization" || matches!(op, HeaderOp::Remove(_))));
+    let pending = sign_body.unwrap();
+    assert_eq!(pending.max_body_bytes, 100);
+    let a = pending.sign(b"{\"a\":1}");
+    let b = pending.sign(b"{\"a\":2}");
+    assert_eq!(a.content_sha256, sigv4::sha256_hex(b"{\"a\":1}"));
+    assert_ne!(a.authorization, b.authorization);
+    assert_eq!(pending.sign(b"").content_sha256, sigv4::EMPTY_SHA256);
+}
+
+#[test]
+fn sigv4_configuration_is_checked_naming_the_field() {
+    for (extra, field) in [
+        (
+            json!({"region": "US East"}),
+            "backends.bedrock.sigv4.region",
+        ),
+        (json!({"service": ""}), "backends.bedrock.sigv4.service"),
+        (json!({"host": "a/b"}), "backends.bedrock.sigv4.host"),
+        (
+            json!({"signed_headers": ["x-amz-date"]}),
+            "backends.bedrock.sigv4.signed_headers[0]",
+        ),
+        (
+            json!({"signed_headers": ["bad header"]}),
+            "backends.bedrock.sigv4.signed_headers[0]",
+        ),
+        (
+            json!({"max_body_bytes": 1u64 << 40}),
+            "backends.bedrock.sigv4.max_body_bytes",
+        ),
+        (json!({"credentials": null}), "backends.bedrock.sigv4"),
+        (
+            json!({"credentials": {"access_key_id": {"environment_variable": "NOPE"},
+                                   "secret_access_key": {"inline_string": "s"}}}),
+            "backends.bedrock.sigv4.credentials.access_key_id.environment_variable",
+        ),
+    ] {
+        let e = sigv4_backend(extra.clone()).map(|_| ()).unwrap_err();
+        assert_eq!(e.path, field, "{extra}: {e}");
+    }
+    let both = compile(
+        json!({"backends": {"b": {"scheme": "sigv4", "secret": {"inline_string": "x"},
+        "sigv4": {"region": "r", "host": "h", "credentials": {"access_key_id": {"inline_string": "a"}, "secret_access_key": {"inline_string": "s"}}}}}}),
+    );
+    assert_eq!(both.map(|_| ()).unwrap_err().path, "backends.b");
+    let stray = compile(
+        json!({"backends": {"b": {"scheme": "openai", "secret": {"inline_string": "x"},
+        "sigv4": {"region": "r", "host": "h"}}}}),
+    );
+    assert_eq!(stray.map(|_| ()).unwrap_err().path, "backends.b.sigv4");
+}

@@ -24,6 +24,7 @@ mod models;
 mod mtls;
 mod protected_resource;
 mod robustness;
+mod sigv4;
 mod sigv4_reference;
 mod support;
 mod token_locations;

@@ -3,7 +3,10 @@
 
 #[test]
 fn committed_schema_is_what_the_config_types_generate() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/ai-auth-filter.schema.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../envoy/ai-auth-filter.schema.json"
+    );
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     let generated = serde_json::to_string_pretty(&ai_auth_filter::config::json_schema())
         .unwrap_or_default()
