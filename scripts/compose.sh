@@ -80,6 +80,8 @@ DOCKERFILE
 random_key() { echo "$1$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"; }
 export OPENAI_API_KEY="${OPENAI_API_KEY:-$(random_key sk-demo-)}"
 export ANTHROPIC_API_KEY="${ANTHROPIC_API_KEY:-$(random_key sk-ant-demo-)}"
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-AKIADEMO$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n' | tr a-f A-F)}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-$(random_key demo-aws-secret-)}"
 gw="http://127.0.0.1:$GATEWAY_PORT"; idp="http://127.0.0.1:$IDP_PORT"
 
 if [ "$mode" = run ] || [ "$mode" = --run-built ]; then
@@ -136,6 +138,7 @@ expect 200 "valid token (compose)" "$gw/v1/chat/completions" -H "Authorization: 
 expect 401 "no token (compose)" "$gw/v1/chat/completions" -d "$body"
 expect 403 "wrong audience (compose)" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?aud=other-api")" -d "$body"
 expect 403 "denied by the auth service (compose)" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=mallory")" -d "$body"
+expect 200 "Bedrock-shaped route, SigV4-signed by the gateway (compose)" "$gw/model/anthropic.claude-3-5-sonnet-20240620-v1:0/converse" -H "Authorization: Bearer $(curl -s "$idp/token?sub=alice")" -H "content-type: application/json" -d '{"messages":[{"role":"user","content":[{"text":"Hello"}]}]}'
 if (cd tests/sdk && ../../.venv/bin/python demo_check.py "$gw" "$idp") > "$work/sdk.log" 2>&1; then
   ok "the openai and anthropic SDKs through the compose gateway ($(tail -n 1 "$work/sdk.log"))"
 else

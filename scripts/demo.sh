@@ -36,7 +36,10 @@ mkdir -p "$work"
 random_key() { echo "$1$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"; }
 OPENAI_API_KEY=$(random_key sk-demo-)
 ANTHROPIC_API_KEY=$(random_key sk-ant-demo-)
-export OPENAI_API_KEY ANTHROPIC_API_KEY
+# The AWS credentials the gateway signs Bedrock requests with (SigV4).
+AWS_ACCESS_KEY_ID=AKIADEMO$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n' | tr a-f A-F)
+AWS_SECRET_ACCESS_KEY=$(random_key demo-aws-secret-)
+export OPENAI_API_KEY ANTHROPIC_API_KEY AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 
 pids=()
 cleanup() {
@@ -90,6 +93,7 @@ for _ in $(seq 1 100); do
 done
 body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 claude='{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}'
+converse='{"messages":[{"role":"user","content":[{"text":"Hello"}]}],"inferenceConfig":{"maxTokens":64}}'
 cat <<MSG
 
 The gateway is up on $gw (Envoy admin on :$ADMIN_PORT).
@@ -100,6 +104,7 @@ Try these:
   curl -s $gw/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '$body'   # 200, OpenAI-shaped
   curl -sN $gw/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -d '{"model":"gpt-4o-mini","stream":true,"messages":[]}'   # data: chunks, then [DONE]
   curl -s $gw/v1/messages -H "x-api-key: \$TOKEN" -H 'content-type: application/json' -d '$claude'   # 200, Anthropic-shaped
+  curl -s $gw/model/anthropic.claude-3-5-sonnet-20240620-v1:0/converse -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '$converse'   # 200, Bedrock-shaped, signed with SigV4 by the gateway
 
   curl -s -i $gw/v1/chat/completions -d '$body'                                                        # 401, no token
   curl -s -i $gw/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?expires_in=-300')" -d '$body'   # 401, expired
@@ -109,7 +114,7 @@ Try these:
 
   # the official SDKs: OpenAI(base_url="$gw/v1", api_key=TOKEN), Anthropic(base_url="$gw", api_key=TOKEN)
 
-The provider keys (\$OPENAI_API_KEY and \$ANTHROPIC_API_KEY of this run) are injected by the gateway; the client never holds them.
+The provider keys (\$OPENAI_API_KEY, \$ANTHROPIC_API_KEY and the AWS keys of this run) are injected or signed with by the gateway; the client never holds them.
 MSG
 
 status() { curl -s -o "$work/last-body" -w '%{http_code}' "$@"; }
@@ -137,6 +142,13 @@ if [ "$mode" = "--check" ]; then
   body_has 'data: \[DONE\]' "the stream ends with data: [DONE]"
   expect 200 "Anthropic-shaped route, JWT as x-api-key" "$gw/v1/messages" -H "x-api-key: $TOKEN" -H 'content-type: application/json' -d "$claude"
   body_has '"type":"message"' "an Anthropic message came back"
+  expect 200 "Bedrock-shaped route, the gateway signs with SigV4 over the body" "$gw/model/anthropic.claude-3-5-sonnet-20240620-v1:0/converse" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$converse"
+  body_has '"stopReason":"end_turn"' "a Converse answer came back (the mock verified the signature)"
+  expect 403 "Bedrock-shaped provider rejects an unsigned request" "http://127.0.0.1:$LLM_PORT/model/m/converse" -H "Authorization: Bearer sk-wrong" -d "$converse"
+  expect 403 "Bedrock-shaped provider rejects a wrong signature" "http://127.0.0.1:$LLM_PORT/model/m/converse" \
+    -H "Authorization: AWS4-HMAC-SHA256 Credential=$AWS_ACCESS_KEY_ID/20261203/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=$(printf '0%.0s' $(seq 64))" \
+    -H "x-amz-date: 20261203T000000Z" -H "x-amz-content-sha256: $(printf '%s' "$converse" | sha256sum | cut -d' ' -f1)" -d "$converse"
+  body_has 'signature we calculated does not match' "AWS's answer to a wrong signature"
   expect 401 "no token" "$gw/v1/chat/completions" -d "$body"
   body_has '"message":"Jwt is missing"' "the 401 is OpenAI-shaped"
   expect 401 "expired token" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?expires_in=-300")" -d "$body"
@@ -154,7 +166,7 @@ if [ "$mode" = "--check" ]; then
   fi
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
-  if grep -q -e "$OPENAI_API_KEY" -e "$ANTHROPIC_API_KEY" "$work/envoy.log" "$work/access.log" 2>/dev/null; then
+  if grep -q -e "$OPENAI_API_KEY" -e "$ANTHROPIC_API_KEY" -e "$AWS_SECRET_ACCESS_KEY" "$work/envoy.log" "$work/access.log" 2>/dev/null; then
     echo "FAIL a provider key appeared in Envoy's output"; failures=$((failures + 1))
   fi
   if [ "$failures" -ne 0 ]; then echo "demo check: $failures failure(s)"; exit 1; fi

@@ -15,7 +15,7 @@ trap 'rm -rf "$out"' EXIT
 
 validate() {
   local name=$1 file=$2
-  if ! OPENAI_API_KEY=sk-validate ANTHROPIC_API_KEY=sk-ant-validate KEYCLOAK_JWKS="$(cat envoy/demo/jwks.json)" \
+  if ! OPENAI_API_KEY=sk-validate ANTHROPIC_API_KEY=sk-ant-validate AWS_ACCESS_KEY_ID=AKIAVALIDATE AWS_SECRET_ACCESS_KEY=validate KEYCLOAK_JWKS="$(cat envoy/demo/jwks.json)" \
       "$ENVOY_BIN" --mode validate -c "$file" --log-level error > "$out/log" 2>&1; then
     echo "validate: $name is refused:" >&2
     grep -E "ai_auth|error" "$out/log" | tail -n 5 >&2

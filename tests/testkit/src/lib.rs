@@ -2,6 +2,7 @@
 //! process, small HTTP servers and client, fixture keys that sign tokens,
 //! the benchmark's load generator.
 
+pub mod bedrock;
 pub mod demo;
 pub mod envoy;
 pub mod http;

@@ -1,6 +1,7 @@
 //! Mock LLM providers for the demo: an OpenAI-shaped API
-//! (`POST /v1/chat/completions`, `GET /v1/models`) and an Anthropic-shaped
-//! one (`POST /v1/messages`). Each checks its key as the real API does and
+//! (`POST /v1/chat/completions`, `GET /v1/models`), an Anthropic-shaped
+//! one (`POST /v1/messages`) and a Bedrock-shaped one (`POST
+//! /model/{id}/converse`, SigV4-checked: see `bedrock`). Each checks its key as the real API does and
 //! answers with the real API's error when it is wrong; both stream
 //! (`"stream": true`) the way their SDKs read it: OpenAI's `data:` chunks
 //! ending in `data: [DONE]`, Anthropic's named events.
@@ -14,6 +15,8 @@ use std::time::Duration;
 pub struct Keys {
     pub openai: String,
     pub anthropic: String,
+    /// The AWS credentials a Bedrock-shaped request must be signed with.
+    pub aws: crate::bedrock::AwsCredentials,
 }
 
 /// Pause between two streamed events: enough for a client to see them arrive apart.
@@ -25,6 +28,8 @@ pub fn handler(keys: Keys) -> impl Fn(&Recorded) -> Action + Send + Sync + 'stat
         let path = r.path.split('?').next().unwrap_or("");
         if path == "/v1/messages" {
             anthropic_key(&keys.anthropic, r).unwrap_or_else(|| anthropic(r))
+        } else if path.starts_with("/model/") {
+            crate::bedrock::converse(&keys.aws, r)
         } else {
             openai_key(&keys.openai, r).unwrap_or_else(|| openai(r))
         }
