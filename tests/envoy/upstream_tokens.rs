@@ -1,12 +1,16 @@
 //! Upstream OAuth 2 tokens against a token endpoint that misbehaves the way
 //! real ones do: down at start, down midway, slow, 503, malformed JSON, an
-//! empty 200, and short-lived (4 s) tokens. With the credentials stage alone
-//! and in every chain, the provider must only ever see a token the endpoint
-//! issued and that is still valid when the request reaches it: never an
-//! expired one, never the client's credential, never none (503 meanwhile).
+//! empty 200, every kind of the misbehaving-service corpus, and short-lived
+//! (4 s) tokens. With the credentials stage alone and in every chain, the
+//! provider must only ever see a token the endpoint issued and that is still
+//! valid when the request reaches it: never an expired one, never the
+//! client's credential, never none (503 meanwhile); and when the endpoint
+//! comes back, the next retry (at most `retry_back_off.max_interval` later)
+//! gets a token (issue 10.6).
 
 use crate::support::*;
 use ai_auth_testkit::http::Action;
+use ai_auth_testkit::misbehaving::{self, vm_failure_lines};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,6 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const LIFETIME_SECS: u64 = 4;
 const CLIENT_SECRET: &str = "entra-client-secret-9d1c";
 const CLIENT_CREDENTIAL: &str = "Bearer client-credential-must-not-leak";
+/// The token request's timeout, as configured.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// The backoff cap the test configures: after the endpoint comes back, a
+/// token must arrive within this (plus a tick and a client's pause).
+const MAX_RETRY_SECS: u64 = 2;
 
 fn unix_ms() -> u128 {
     SystemTime::now()
@@ -39,6 +48,11 @@ enum Mode {
     /// A token issued on arrival, the answer sent 1.5 s later (the token's
     /// lifetime runs while the answer travels).
     Slow,
+    /// Each request gets the next kind of the misbehaving-service corpus
+    /// (cut body, stall, reset, huge body, garbage, statuses outside
+    /// 100-599), with a well-formed token reply as the body where the kind
+    /// sends one: a token that was never valid.
+    Corpus,
 }
 
 /// The scripted token endpoint: every token it issued, with its expiry.
@@ -53,6 +67,7 @@ impl TokenEndpoint {
         let mode = Arc::new(Mutex::new(Mode::Down));
         let expiry_ms = Arc::new(Mutex::new(HashMap::new()));
         let issued = Arc::new(AtomicUsize::new(0));
+        let corpus_turn = AtomicUsize::new(0);
         let (m, e) = (Arc::clone(&mode), Arc::clone(&expiry_ms));
         let server = Server::start(move |r| {
             let body = String::from_utf8_lossy(&r.body);
@@ -80,6 +95,13 @@ impl TokenEndpoint {
                 },
                 Mode::Empty200 => Action::status(200),
                 Mode::Slow => Action::Delay(Duration::from_millis(1500), Box::new(issue())),
+                Mode::Corpus => {
+                    let turn = corpus_turn.fetch_add(1, Ordering::SeqCst);
+                    let kind = misbehaving::ALL[turn % misbehaving::ALL.len()];
+                    let never_issued = json!({"access_token": "corpus-token-never-issued",
+                        "token_type": "Bearer", "expires_in": LIFETIME_SECS});
+                    kind.action(TOKEN_TIMEOUT, never_issued.to_string().as_bytes())
+                }
             }
         });
         TokenEndpoint {
@@ -127,10 +149,11 @@ struct Chain {
 fn chains(key: &TestKey) -> Vec<Chain> {
     let credentials = json!({
         "backends": {"azure": {"scheme": "bearer", "oauth2": {
-            "token_uri": {"uri": "https://login.microsoftonline.com/tenant-1/oauth2/v2.0/token", "cluster": "entra", "timeout": "3s"},
+            "token_uri": {"uri": "https://login.microsoftonline.com/tenant-1/oauth2/v2.0/token", "cluster": "entra", "timeout": format!("{}s", TOKEN_TIMEOUT.as_secs())},
             "client_id": "gateway-app",
             "client_secret": {"environment_variable": "ENTRA_CLIENT_SECRET"},
-            "scopes": ["https://cognitiveservices.azure.com/.default"]}}},
+            "scopes": ["https://cognitiveservices.azure.com/.default"],
+            "retry_back_off": {"base_interval": "1s", "max_interval": format!("{MAX_RETRY_SECS}s")}}}},
         "routes": [{"backend": "azure"}]
     });
     let jwt = json!({
@@ -239,7 +262,7 @@ fn no_expired_token_ever_reaches_the_provider_whatever_the_endpoint_does() {
         .collect();
 
     // Each failure outlasts a token's lifetime, so tokens expire during it;
-    // each recovery is longer than the backoff cap in force by then.
+    // each recovery is longer than the backoff cap.
     let script = [
         (Mode::Down, 5),
         (Mode::Issue, 6),
@@ -250,12 +273,22 @@ fn no_expired_token_ever_reaches_the_provider_whatever_the_endpoint_does() {
         (Mode::Empty200, 7),
         (Mode::Issue, 6),
         (Mode::Slow, 7),
+        // The corpus's stalls end with the token request's timeout, within
+        // the next phase: the comeback after it is timed from a quiet line.
+        (Mode::Corpus, 9),
         (Mode::Down, 7),
         (Mode::Issue, 6),
     ];
     let t0 = Instant::now();
+    // When the endpoint came back after failing (unix ms).
+    let mut comebacks = Vec::new();
+    let mut failing = false;
     for (mode, secs) in script {
         endpoint.set(mode);
+        if mode == Mode::Issue && failing {
+            comebacks.push(unix_ms());
+        }
+        failing = !matches!(mode, Mode::Issue | Mode::Slow);
         std::thread::sleep(Duration::from_secs(secs));
     }
     stop.store(true, Ordering::SeqCst);
@@ -272,6 +305,8 @@ fn no_expired_token_ever_reaches_the_provider_whatever_the_endpoint_does() {
         // provider (negative: before), for the arrival closest to expiry.
         let mut worst_past_ms: Option<i128> = None;
         let mut expired = 0;
+        // Per comeback: the first arrival with a token issued after it.
+        let mut recovered_ms: Vec<Option<u128>> = vec![None; comebacks.len()];
         for a in &arrivals {
             let token = match a.authorization.as_slice() {
                 [one] => one.strip_prefix("Bearer ").unwrap_or(one),
@@ -289,15 +324,32 @@ fn no_expired_token_ever_reaches_the_provider_whatever_the_endpoint_does() {
             };
             let past = a.at_ms as i128 - *expires as i128;
             expired += usize::from(past >= 0);
+            let issued_at = expires - u128::from(LIFETIME_SECS) * 1000;
+            for (back, recovered) in comebacks.iter().zip(recovered_ms.iter_mut()) {
+                if issued_at >= *back && recovered.is_none() {
+                    *recovered = Some(a.at_ms - back);
+                }
+            }
             worst_past_ms = Some(worst_past_ms.map_or(past, |w| w.max(past)));
         }
         report.push(format!(
             "{}: {} requests upstream ({expired} with an expired token), statuses {statuses:?}, \
-             closest to expiry: {}",
+             closest to expiry: {}, first token after each comeback (ms): {recovered_ms:?}",
             chain.name,
             arrivals.len(),
             worst_past_ms.map_or("-".into(), |w| format!("{w} ms past expiry")),
         ));
+        // The retry after the endpoint is back gets a token: at most the
+        // backoff cap, a root tick (500 ms) and a client's pause later.
+        let bound_ms = u128::from(MAX_RETRY_SECS) * 1000 + 1000;
+        for (i, r) in recovered_ms.iter().enumerate() {
+            if r.is_none_or(|ms| ms > bound_ms) {
+                failures.push(format!(
+                    "{}: comeback {i}: no token upstream within {bound_ms} ms ({r:?})",
+                    chain.name
+                ));
+            }
+        }
         if let Some(w) = worst_past_ms.filter(|w| *w >= 0) {
             failures.push(format!(
                 "{}: a token reached the provider {w} ms past its expiry",
@@ -320,7 +372,9 @@ fn no_expired_token_ever_reaches_the_provider_whatever_the_endpoint_does() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(envoy.counter("upstream_credentials.token_fetch_failed") >= 5);
     let log = envoy.stop();
-    for secret in [CLIENT_SECRET, "entra-token-1"] {
+    for secret in [CLIENT_SECRET, "entra-token-1", "corpus-token-never-issued"] {
         assert!(!log.contains(secret), "a secret reached Envoy's log");
     }
+    let vm_failures = vm_failure_lines(&log);
+    assert!(vm_failures.is_empty(), "{vm_failures:#?}");
 }
