@@ -53,7 +53,10 @@ pub enum Step {
     /// Hold the request, send this callout, then call [`on_callout_response`].
     Callout(CalloutRequest),
     /// Hold the request until the remote keys it needs are loaded (or a
-    /// deadline passes), then call [`on_keys_loaded`].
+    /// deadline passes), then call [`on_keys_loaded`]. With the decision's
+    /// `jwks_refresh` set, the keys lack the token's `kid`: refetch those
+    /// providers now and hold while the fetch runs; if the refetch is
+    /// rate-limited, call [`on_keys_loaded`] at once.
     WaitForKeys,
 }
 
@@ -306,6 +309,15 @@ fn run(
                     outcome.scheme,
                 );
                 return (flight.decision(cfg, Step::Reply(reply)), None);
+            }
+            // A `kid` the remote keys lack: the IdP may have just rotated.
+            // The decision's `jwks_refresh` names the providers to refetch;
+            // the host holds the request while that fetch runs (or runs the
+            // stages again at once when the refetch is rate-limited).
+            Err(JwtError::UnknownKid) if may_wait_for_keys && !flight.jwks_refresh.is_empty() => {
+                flight.counters.retain(|c| *c != Counter::JwtDenied);
+                flight.note(|| "jwt_authn: unknown kid, waiting for a JWKS refetch".into());
+                return (flight.decision(cfg, Step::WaitForKeys), Some(flight));
             }
             Err(e) => {
                 flight.note(|| format!("jwt_authn: denied rule={} reason={}", rule(), e.code()));

@@ -5,9 +5,12 @@
 //! - First fetch at once; then again after `cache_duration`.
 //! - A failed fetch keeps the keys already held (stale while the IdP is
 //!   down) and is retried with backoff: 1 s, 2 s, 4 s ... at most 60 s.
-//! - A token whose `kid` is unknown asks for an early fetch, at most once per
-//!   30 s per provider, so a key rotation at the IdP is picked up at once
-//!   without letting forged `kid`s hammer it.
+//! - A token whose `kid` is unknown asks for a fetch at once, at most once
+//!   per 30 s per provider (the host makes the window plugin-wide), so a key
+//!   rotation at the IdP is picked up at once without letting forged `kid`s
+//!   hammer it: [`Fetcher::refresh_now`]. The host holds that request until
+//!   the fetch in flight answers, single-flight: one fetch, however many
+//!   requests wait for it.
 //! - With `discovery`, the OIDC discovery document is fetched first and its
 //!   `jwks_uri` next, through the same cluster; its `issuer` must be the
 //!   provider's.
@@ -19,7 +22,8 @@ use crate::vocab::split_uri;
 use serde_json::Value;
 
 const MAX_BACKOFF_SECS: u64 = 60;
-const MIN_FORCED_INTERVAL_SECS: u64 = 30;
+/// At most one fetch asked by an unknown `kid` per this many seconds.
+pub const MIN_FORCED_INTERVAL_SECS: u64 = 30;
 
 /// What a pending fetch is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,34 @@ struct Slot {
     failures: u32,
     in_flight: Option<Stage>,
     last_forced: Option<u64>,
+    /// When the keys this VM holds were fetched (here or by another VM).
+    fetched_at: Option<u64>,
+}
+
+/// What a request whose token has an unknown `kid` may do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// A fetch for the provider is in flight: wait for its keys.
+    InFlight,
+    /// Send this fetch (now in flight) and wait for its keys.
+    Send(CalloutRequest),
+    /// Another VM refetches the provider now: wait for the keys it
+    /// publishes.
+    Elsewhere,
+    /// The provider was refetched within the window: answer with the keys
+    /// at hand.
+    Limited,
+}
+
+/// The plugin-wide refetch window, as the host's shared data tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// It was open, and this VM has now taken it.
+    Claimed,
+    /// A VM took it at this time, within [`MIN_FORCED_INTERVAL_SECS`].
+    TakenAt(u64),
+    /// The host could not tell: closed.
+    Unknown,
 }
 
 /// The result of one reply.
@@ -69,6 +101,7 @@ impl Fetcher {
                         failures: 0,
                         in_flight: None,
                         last_forced: None,
+                        fetched_at: None,
                     }),
                     _ => None,
                 })
@@ -96,20 +129,7 @@ impl Fetcher {
             if slot.in_flight.is_some() || now < slot.next_attempt {
                 continue;
             }
-            let stage = if slot.remote.discovery {
-                Stage::Discovery
-            } else {
-                Stage::Jwks
-            };
-            slot.in_flight = Some(stage);
-            out.push((
-                index,
-                get(
-                    &slot.remote,
-                    &slot.remote.http_uri.authority,
-                    &slot.remote.http_uri.path,
-                ),
-            ));
+            out.push((index, slot.start()));
         }
         out
     }
@@ -117,6 +137,8 @@ impl Fetcher {
     /// Another VM stored keys valid until `expires_at`: no need to fetch before.
     pub fn fetched_elsewhere(&mut self, index: usize, expires_at: u64) {
         if let Some(Some(slot)) = self.slots.get_mut(index) {
+            let fetched_at = expires_at.saturating_sub(slot.remote.cache_duration_secs);
+            slot.fetched_at = slot.fetched_at.max(Some(fetched_at));
             if slot.in_flight.is_none() {
                 slot.next_attempt = slot.next_attempt.max(expires_at);
                 slot.failures = 0;
@@ -124,15 +146,48 @@ impl Fetcher {
         }
     }
 
-    /// A token had a `kid` the keys lack: fetch soon, rate-limited.
-    pub fn want_refresh(&mut self, index: usize, now: u64) {
-        if let Some(Some(slot)) = self.slots.get_mut(index) {
-            let recently = slot
-                .last_forced
-                .is_some_and(|t| now.saturating_sub(t) < MIN_FORCED_INTERVAL_SECS);
-            if !recently {
+    /// A token had a `kid` the keys of provider `index` lack: fetch now,
+    /// unless a fetch is in flight (wait for it) or one was forced within
+    /// [`MIN_FORCED_INTERVAL_SECS`]. `claim` is asked last, only when this
+    /// VM would fetch: the host's plugin-wide window, which another VM may
+    /// have taken (then wait while its fetch may still run).
+    pub fn refresh_now(
+        &mut self,
+        index: usize,
+        now: u64,
+        claim: impl FnOnce() -> Window,
+    ) -> Refresh {
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
+            return Refresh::Limited;
+        };
+        if slot.in_flight.is_some() {
+            return Refresh::InFlight;
+        }
+        let recently = slot
+            .last_forced
+            .is_some_and(|t| now.saturating_sub(t) < MIN_FORCED_INTERVAL_SECS);
+        if recently {
+            return Refresh::Limited;
+        }
+        match claim() {
+            Window::Claimed => {
                 slot.last_forced = Some(now);
-                slot.next_attempt = slot.next_attempt.min(now);
+                Refresh::Send(slot.start())
+            }
+            // Its keys are not here yet, and its fetch may still run.
+            Window::TakenAt(at)
+                if slot.fetched_at.is_none_or(|f| f < at)
+                    && now.saturating_sub(at) <= slot.fetch_secs() =>
+            {
+                Refresh::Elsewhere
+            }
+            Window::TakenAt(at) => {
+                slot.last_forced = Some(at);
+                Refresh::Limited
+            }
+            Window::Unknown => {
+                slot.last_forced = Some(now);
+                Refresh::Limited
             }
         }
     }
@@ -155,6 +210,7 @@ impl Fetcher {
             }
             Ok(done) => {
                 slot.failures = 0;
+                slot.fetched_at = Some(now);
                 slot.next_attempt = now.saturating_add(slot.remote.cache_duration_secs);
                 done
             }
@@ -182,6 +238,33 @@ impl Fetcher {
     /// The fetch could not be sent at all.
     pub fn on_dispatch_failed(&mut self, index: usize, now: u64) {
         let _ = self.on_reply(index, &CalloutResponse::default(), now);
+    }
+}
+
+impl Slot {
+    /// The longest a fetch can take, in whole seconds (with discovery, two
+    /// calls), and the second the clock may have turned meanwhile.
+    fn fetch_secs(&self) -> u64 {
+        let one = self.remote.http_uri.timeout.as_millis().div_ceil(1000);
+        let calls = if self.remote.discovery { 2 } else { 1 };
+        u64::try_from(one)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(calls)
+            .saturating_add(1)
+    }
+
+    /// The first request of a fetch, now in flight.
+    fn start(&mut self) -> CalloutRequest {
+        self.in_flight = Some(if self.remote.discovery {
+            Stage::Discovery
+        } else {
+            Stage::Jwks
+        });
+        get(
+            &self.remote,
+            &self.remote.http_uri.authority,
+            &self.remote.http_uri.path,
+        )
     }
 }
 
@@ -393,17 +476,56 @@ mod tests {
     }
 
     #[test]
-    fn unknown_kid_refreshes_early_but_rate_limited() {
+    fn unknown_kid_refetches_at_once_single_flight_and_rate_limited() {
         let mut f = fetcher(json!({"http_uri": {"uri": "http://idp/certs", "cluster": "idp"}}));
         f.due(0);
+        assert_eq!(f.refresh_now(0, 0, || Window::Claimed), Refresh::InFlight);
         f.on_reply(0, &ok(JWKS), 0);
-        f.want_refresh(0, 10);
-        assert_eq!(f.due(10).len(), 1);
-        f.on_reply(0, &ok(JWKS), 10);
-        f.want_refresh(0, 20);
-        assert!(f.due(20).is_empty(), "at most once per 30 s");
-        f.want_refresh(0, 41);
-        assert_eq!(f.due(41).len(), 1);
+        let Refresh::Send(call) = f.refresh_now(0, 10, || Window::Claimed) else {
+            panic!("the first unknown kid fetches at once")
+        };
+        assert_eq!(path(&call), "/certs");
+        assert!(f.due(10).is_empty(), "one fetch in flight");
+        assert_eq!(f.refresh_now(0, 10, || unreachable!()), Refresh::InFlight);
+        f.on_reply(0, &ok(JWKS), 11);
+        assert_eq!(f.refresh_now(0, 20, || unreachable!()), Refresh::Limited);
+        assert_eq!(f.refresh_now(0, 39, || unreachable!()), Refresh::Limited);
+        assert!(matches!(
+            f.refresh_now(0, 40, || Window::Claimed),
+            Refresh::Send(_)
+        ));
+        f.on_reply(0, &ok(JWKS), 40);
+        // Another VM took the window at 70: wait while its fetch may run
+        // (5 s timeout, and a second), then answer at once until 100.
+        for now in [70, 76] {
+            assert_eq!(
+                f.refresh_now(0, now, || Window::TakenAt(70)),
+                Refresh::Elsewhere
+            );
+        }
+        assert_eq!(
+            f.refresh_now(0, 77, || Window::TakenAt(70)),
+            Refresh::Limited
+        );
+        // Or until its keys are here.
+        let mut g = fetcher(json!({"http_uri": {"uri": "http://idp/certs", "cluster": "idp"}}));
+        assert_eq!(
+            g.refresh_now(0, 70, || Window::TakenAt(70)),
+            Refresh::Elsewhere
+        );
+        g.fetched_elsewhere(0, 70 + 600);
+        assert_eq!(
+            g.refresh_now(0, 71, || Window::TakenAt(70)),
+            Refresh::Limited
+        );
+        assert_eq!(f.refresh_now(0, 99, || unreachable!()), Refresh::Limited);
+        assert_eq!(f.refresh_now(0, 100, || Window::Unknown), Refresh::Limited);
+        assert_eq!(f.refresh_now(0, 129, || unreachable!()), Refresh::Limited);
+        assert_eq!(
+            f.refresh_now(1, 130, || Window::Claimed),
+            Refresh::Limited,
+            "local keys"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub enum Counter {
     JwksFetchSuccess,
     JwksFetchFailed,
     JwksKeySkipped,
+    JwksRefetchUnknownKid,
     TokenFetchSuccess,
     TokenFetchFailed,
     ResourceMetadataServed,
@@ -53,7 +54,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 43] = [
+    pub const ALL: [Counter; 44] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
@@ -72,6 +73,7 @@ impl Counter {
         Counter::JwksFetchSuccess,
         Counter::JwksFetchFailed,
         Counter::JwksKeySkipped,
+        Counter::JwksRefetchUnknownKid,
         Counter::TokenFetchSuccess,
         Counter::TokenFetchFailed,
         Counter::ResourceMetadataServed,
@@ -120,6 +122,7 @@ impl Counter {
             Counter::JwksFetchSuccess => "jwt_authn.jwks_fetch_success",
             Counter::JwksFetchFailed => "jwt_authn.jwks_fetch_failed",
             Counter::JwksKeySkipped => "jwt_authn.jwks_key_skipped",
+            Counter::JwksRefetchUnknownKid => "jwt_authn.jwks_refetch_unknown_kid",
             Counter::TokenFetchSuccess => "upstream_credentials.token_fetch_success",
             Counter::TokenFetchFailed => "upstream_credentials.token_fetch_failed",
             Counter::ResourceMetadataServed => "jwt_authn.resource_metadata_served",

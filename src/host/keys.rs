@@ -4,9 +4,12 @@
 
 use super::hostcalls;
 use super::root::Shared;
-use super::stream::NO_CLOCK;
+use super::stream::{KeysEvent, NO_CLOCK};
+use crate::callout::CalloutRequest;
 use crate::callout::CalloutResponse;
-use crate::jwks::{decode_shared, encode_shared, Fetched, Fetcher};
+use crate::jwks::{
+    decode_shared, encode_shared, Fetched, Fetcher, Refresh, Window, MIN_FORCED_INTERVAL_SECS,
+};
 use crate::jwt::keys::{parse_jwks, SkippedKey};
 use crate::stats::Counter;
 use sha2::{Digest, Sha256};
@@ -26,7 +29,7 @@ pub struct RemoteJwksHost {
     calls: RefCell<HashMap<u32, usize>>,
     /// The shared-data version last loaded, per provider.
     seen: RefCell<HashMap<usize, u32>>,
-    /// Providers a request asked to refresh (unknown `kid`).
+    /// Providers a request that went on asked to refresh (unknown `kid`).
     pub refresh_wanted: RefCell<Vec<usize>>,
     generation: Cell<u64>,
 }
@@ -42,6 +45,12 @@ impl RemoteJwksHost {
 
 fn shared_key(namespace: &str, provider: usize) -> String {
     format!("ai_auth.jwks.{namespace}.{provider}")
+}
+
+/// When a provider was last refetched for an unknown `kid` by any VM of the
+/// plugin (u64 LE seconds): the rate limit's window is plugin-wide.
+fn refetch_key(namespace: &str, provider: usize) -> String {
+    format!("ai_auth.jwks_refetch.{namespace}.{provider}")
 }
 
 /// The digest of the skipped entries last reported for a provider.
@@ -62,34 +71,73 @@ impl Shared {
             return;
         };
         let loaded = self.load_published();
-        self.release_waiting_for_keys(loaded, true);
-        {
-            let mut fetcher = self.jwks.fetcher.borrow_mut();
-            for index in self.jwks.refresh_wanted.borrow_mut().drain(..) {
-                fetcher.want_refresh(index, now);
-            }
+        self.release_waiting_for_keys(KeysEvent::Tick { loaded: &loaded });
+        let wanted: Vec<usize> = self.jwks.refresh_wanted.borrow_mut().drain(..).collect();
+        for index in wanted {
+            let _ = self.refetch(index, now);
         }
         let due = self.jwks.fetcher.borrow_mut().due(now);
         for (index, request) in due {
-            match hostcalls::dispatch(&request) {
-                Ok(token) => {
-                    self.jwks.calls.borrow_mut().insert(token, index);
-                }
-                Err(status) => {
-                    log::warn!("ai_auth: jwks fetch for provider {index}: cannot call cluster {}: {status:?}", request.cluster);
-                    self.count(Counter::JwksFetchFailed);
-                    self.jwks
-                        .fetcher
-                        .borrow_mut()
-                        .on_dispatch_failed(index, now);
-                }
+            self.send_fetch(index, &request, now);
+        }
+    }
+
+    /// Sends a fetch `Fetcher` put in flight; returns whether it went.
+    fn send_fetch(&self, index: usize, request: &CalloutRequest, now: u64) -> bool {
+        match hostcalls::dispatch(request) {
+            Ok(token) => {
+                self.jwks.calls.borrow_mut().insert(token, index);
+                true
+            }
+            Err(status) => {
+                log::warn!(
+                    "ai_auth: jwks fetch for provider {index}: cannot call cluster {}: {status:?}",
+                    request.cluster
+                );
+                self.count(Counter::JwksFetchFailed);
+                self.jwks
+                    .fetcher
+                    .borrow_mut()
+                    .on_dispatch_failed(index, now);
+                false
             }
         }
     }
 
-    /// Returns whether any keys were loaded.
-    fn load_published(&self) -> bool {
+    /// A token's `kid` is unknown to provider `index`: refetch at once,
+    /// unless a fetch is in flight or the window is closed. Returns whether
+    /// a fetch is in flight now (worth waiting for).
+    fn refetch(&self, index: usize, now: u64) -> bool {
+        let namespace = &self.config.namespace;
+        let outcome = self.jwks.fetcher.borrow_mut().refresh_now(index, now, || {
+            claim_refetch_window(&refetch_key(namespace, index), now)
+        });
+        match outcome {
+            Refresh::InFlight | Refresh::Elsewhere => true,
+            Refresh::Send(request) => {
+                self.count(Counter::JwksRefetchUnknownKid);
+                self.send_fetch(index, &request, now)
+            }
+            Refresh::Limited => false,
+        }
+    }
+
+    /// Refetches these providers for a request held meanwhile; returns
+    /// whether any fetch is in flight (else the request is answered now).
+    pub fn refetch_keys(&self, providers: &[usize]) -> bool {
+        let Some(now) = hostcalls::now_secs() else {
+            return false;
+        };
         let mut any = false;
+        for index in providers {
+            any |= self.refetch(*index, now);
+        }
+        any
+    }
+
+    /// Returns the providers whose keys were loaded.
+    fn load_published(&self) -> Vec<usize> {
+        let mut any = Vec::new();
         let providers: Vec<usize> = self.jwks.fetcher.borrow().remote_providers().collect();
         for index in providers {
             let Ok((Some(bytes), Some(cas))) =
@@ -103,7 +151,7 @@ impl Shared {
             self.jwks.seen.borrow_mut().insert(index, cas);
             if let Some((expires_at, text)) = decode_shared(&bytes) {
                 if self.load(index, text).is_some() {
-                    any = true;
+                    any.push(index);
                     self.jwks
                         .fetcher
                         .borrow_mut()
@@ -136,9 +184,13 @@ impl Shared {
             return;
         };
         for index in 0..jwt.providers.len() {
-            let key = skipped_key(&self.config.namespace, index);
-            if let Ok((None, _)) = hostcalls::shared_data_with_cas(&key) {
-                hostcalls::set_shared_if(&key, b"", None);
+            for key in [
+                skipped_key(&self.config.namespace, index),
+                refetch_key(&self.config.namespace, index),
+            ] {
+                if let Ok((None, _)) = hostcalls::shared_data_with_cas(&key) {
+                    hostcalls::set_shared_if(&key, b"", None);
+                }
             }
         }
     }
@@ -208,26 +260,39 @@ impl Shared {
                     self.report_skipped_keys(index, &skipped);
                 }
                 log::info!("ai_auth: jwks for provider {index} fetched");
-                self.release_waiting_for_keys(true, false);
+                self.release_waiting_for_keys(KeysEvent::Loaded(index));
             }
-            Fetched::Next(request) => match hostcalls::dispatch(&request) {
-                Ok(next) => {
-                    self.jwks.calls.borrow_mut().insert(next, index);
+            Fetched::Next(request) => {
+                if !self.send_fetch(index, &request, now) {
+                    self.release_waiting_for_keys(KeysEvent::RefetchFailed(index));
                 }
-                Err(status) => {
-                    log::warn!("ai_auth: jwks fetch for provider {index}: cannot call cluster {}: {status:?}", request.cluster);
-                    self.count(Counter::JwksFetchFailed);
-                    self.jwks
-                        .fetcher
-                        .borrow_mut()
-                        .on_dispatch_failed(index, now);
-                }
-            },
+            }
             Fetched::Failed(reason) => {
                 self.count(Counter::JwksFetchFailed);
                 log::warn!("ai_auth: jwks fetch for provider {index} failed: {reason}; keeping the keys held");
+                self.release_waiting_for_keys(KeysEvent::RefetchFailed(index));
             }
         }
         true
+    }
+}
+
+/// Takes the plugin-wide refetch window at `key` for this VM if no VM took
+/// it within [`MIN_FORCED_INTERVAL_SECS`] (compare-and-swap: of VMs racing,
+/// one wins, the others wait for its keys). A slot the host cannot read
+/// closes the window: better a token answered with the keys at hand than
+/// an IdP hammered.
+fn claim_refetch_window(key: &str, now: u64) -> Window {
+    let Ok((value, cas)) = hostcalls::shared_data_with_cas(key) else {
+        return Window::Unknown;
+    };
+    let last = value
+        .as_deref()
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes);
+    match last {
+        Some(at) if now.saturating_sub(at) < MIN_FORCED_INTERVAL_SECS => Window::TakenAt(at),
+        _ if hostcalls::set_shared_if(key, &now.to_le_bytes(), cas) => Window::Claimed,
+        _ => Window::TakenAt(now),
     }
 }

@@ -14,10 +14,26 @@ const KEYS_WAIT_TICKS: u32 = 10;
 pub enum Waiting {
     /// The body, up to `max` bytes (body mode: the headers went on).
     Body { max: usize },
-    /// Remote keys, for at most this many more ticks.
-    Keys { ticks_left: u32 },
+    /// Remote keys, for at most this many more ticks: any provider's
+    /// (`refetch` empty: the first keys after start), or the refetch of
+    /// these providers (a token's `kid` was unknown).
+    Keys {
+        ticks_left: u32,
+        refetch: Vec<usize>,
+    },
     /// The reply to callout `token`.
     Callout { token: u32 },
+}
+
+/// What ends some streams' wait for keys.
+#[derive(Clone, Copy)]
+pub enum KeysEvent<'a> {
+    /// A root tick, after loading what other VMs published for `loaded`.
+    Tick { loaded: &'a [usize] },
+    /// This VM fetched keys for a provider.
+    Loaded(usize),
+    /// This VM's fetch for a provider failed.
+    RefetchFailed(usize),
 }
 
 pub struct Pending {
@@ -98,12 +114,17 @@ impl Shared {
         for counter in &decision.counters {
             self.count(*counter);
         }
-        if !decision.jwks_refresh.is_empty() {
+        let refetch = if decision.step == Step::WaitForKeys {
+            decision.jwks_refresh
+        } else {
+            // Refetched from the next tick (rate-limited): the request
+            // went on without waiting for it.
             self.jwks
                 .refresh_wanted
                 .borrow_mut()
                 .extend(&decision.jwks_refresh);
-        }
+            Vec::new()
+        };
         // From the root context the stream must be made the effective one;
         // in the stream's own callbacks this changes nothing.
         if site == Site::Root && hostcalls::set_effective_context(context_id).is_err() {
@@ -159,12 +180,17 @@ impl Shared {
                 let Some(flight) = flight else {
                     return internal_error(context_id, "no state to wait for keys with");
                 };
+                if !refetch.is_empty() && !self.refetch_keys(&refetch) {
+                    // Rate-limited: answer at once with the keys at hand.
+                    return self.run_again(context_id, flight, site);
+                }
                 self.pending.borrow_mut().insert(
                     context_id,
                     Pending {
                         flight,
                         waiting: Waiting::Keys {
                             ticks_left: KEYS_WAIT_TICKS,
+                            refetch,
                         },
                     },
                 );
@@ -310,18 +336,38 @@ impl Shared {
         self.perform(context_id, decision, next, site);
     }
 
-    /// Streams waiting for keys: run again those whose keys are loaded
-    /// (`loaded`) or whose wait is over (every tick counts one down).
-    pub fn release_waiting_for_keys(&self, loaded: bool, tick: bool) {
+    /// Streams waiting for keys: run again those whose wait `event` ends
+    /// (every tick counts one down; a stream's wait is over at zero).
+    pub fn release_waiting_for_keys(&self, event: KeysEvent<'_>) {
         let ready: Vec<u32> = {
             let mut pending = self.pending.borrow_mut();
             let mut ready = Vec::new();
             for (id, p) in pending.iter_mut() {
-                if let Waiting::Keys { ticks_left } = &mut p.waiting {
-                    if tick {
-                        *ticks_left = ticks_left.saturating_sub(1);
-                    }
-                    if loaded || *ticks_left == 0 {
+                if let Waiting::Keys {
+                    ticks_left,
+                    refetch,
+                } = &mut p.waiting
+                {
+                    // Keys of `providers` were loaded: the first keys after
+                    // start are any provider's, a refetch's its own.
+                    let mine = |providers: &[usize]| {
+                        if refetch.is_empty() {
+                            !providers.is_empty()
+                        } else {
+                            refetch.iter().any(|i| providers.contains(i))
+                        }
+                    };
+                    let done = match event {
+                        KeysEvent::Tick { loaded } => {
+                            *ticks_left = ticks_left.saturating_sub(1);
+                            *ticks_left == 0 || mine(loaded)
+                        }
+                        KeysEvent::Loaded(index) => mine(&[index]),
+                        // Only a refetch's waiters: the first keys after
+                        // start are retried with backoff within the wait.
+                        KeysEvent::RefetchFailed(index) => refetch.contains(&index),
+                    };
+                    if done {
                         ready.push(*id);
                     }
                 }
@@ -332,22 +378,32 @@ impl Shared {
             let Some(pending) = self.pending.borrow_mut().remove(&context_id) else {
                 continue;
             };
-            let Some(now) = self.clock() else {
-                self.fail_closed(context_id, Site::Root, NO_CLOCK);
-                continue;
-            };
-            let result = match self.state.try_borrow_mut() {
-                Ok(mut state) => Some(flow::on_keys_loaded(
-                    &self.config,
-                    &mut state,
-                    &SharedData,
-                    pending.flight,
-                    now,
-                )),
-                Err(_) => None,
-            };
-            if let Some((decision, next)) = result {
-                self.perform(context_id, decision, next, Site::Root);
+            self.run_again(context_id, pending.flight, Site::Root);
+        }
+    }
+
+    /// The stages again for a request that waited for keys (or may not):
+    /// this time missing keys or an unknown `kid` are answered.
+    fn run_again(&self, context_id: u32, flight: InFlight, site: Site) -> Action {
+        let Some(now) = self.clock() else {
+            self.fail_closed(context_id, site, NO_CLOCK);
+            return Action::Pause;
+        };
+        let result = match self.state.try_borrow_mut() {
+            Ok(mut state) => Some(flow::on_keys_loaded(
+                &self.config,
+                &mut state,
+                &SharedData,
+                flight,
+                now,
+            )),
+            Err(_) => None,
+        };
+        match result {
+            Some((decision, next)) => self.perform(context_id, decision, next, site),
+            None => {
+                self.fail_closed(context_id, site, "worker state busy");
+                Action::Pause
             }
         }
     }

@@ -288,12 +288,32 @@ fn a_held_request_goes_on_through_the_passthrough() {
     assert_eq!(upstream.last().unwrap().header("x-user-id"), Some("42"));
 }
 
+/// Sends these requests at once, each on its own connection (so both
+/// worker VMs get some); returns each answer and how long it took.
+fn all_at_once(port: u16, tokens: Vec<String>) -> Vec<(Response, Duration)> {
+    let barrier = Arc::new(std::sync::Barrier::new(tokens.len()));
+    let threads: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let t = Instant::now();
+                let r = http::get(port, "/", &[("authorization", &token)]).unwrap();
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 #[test]
-fn a_rotated_key_is_picked_up_on_its_first_unknown_kid() {
+fn a_rotated_key_passes_on_its_first_request() {
     let a = TestKey::rsa("key-a");
     let b = TestKey::ed25519("key-b");
     let idp = Idp::start(&[&a]);
-    // A long cache: only the unknown kid can explain a refetch.
+    // A long cache: only the unknown kid can explain a refetch. Two worker
+    // VMs: a request on either waits for the one refetch.
     let (envoy, _up) = start(
         &idp,
         vec![(
@@ -302,7 +322,7 @@ fn a_rotated_key_is_picked_up_on_its_first_unknown_kid() {
                 json!({"http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp"}, "cache_duration": "3600s"}),
             ),
         )],
-        1,
+        2,
     );
     let port = envoy.port("main");
     let token_a = bearer(&a.sign(&claims()));
@@ -313,25 +333,124 @@ fn a_rotated_key_is_picked_up_on_its_first_unknown_kid() {
         || http::get(port, "/", &[("authorization", &token_a)]).unwrap(),
         200,
     );
+    // Both VMs have loaded key a (each loads what the other published on
+    // its next tick): no first fetch is still to come.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = idp.fetches("/jwks");
+    // The IdP rotates, and answers slowly: the first requests signed with
+    // the new key arrive together while the refetch runs.
     idp.serve(&[&b]);
-    let first = http::get(port, "/", &[("authorization", &token_b)]).unwrap();
+    *idp.delay.lock().unwrap() = Duration::from_millis(400);
+    let answers = all_at_once(port, vec![token_b.clone(); 6]);
+    let statuses: Vec<u16> = answers.iter().map(|(r, _)| r.status).collect();
+    let waits: Vec<u128> = answers.iter().map(|(_, d)| d.as_millis()).collect();
+    let refetches = idp.fetches("/jwks") - before;
+    eprintln!("first requests with the new kid: statuses {statuses:?}, ms {waits:?}, refetches {refetches}");
+    for (r, _) in &answers {
+        assert_eq!(
+            r.status,
+            200,
+            "the first token of a rotated key: {}",
+            r.text()
+        );
+    }
     assert_eq!(
-        first.status, 401,
-        "the new kid is unknown until the refetch"
+        refetches, 1,
+        "one refetch for every waiting request, across VMs"
     );
-    assert_eq!(
-        error_of(&first).1,
-        "Jwks has no key matching the Jwt kid and alg"
-    );
-    eventually(
-        Duration::from_secs(5),
-        "key b after the refetch",
-        || http::get(port, "/", &[("authorization", &token_b)]).unwrap(),
-        200,
-    );
+    assert!(envoy.counter("jwt_authn.jwks_refetch_unknown_kid") == 1);
     // The retired key no longer verifies, even though its token was cached.
     let r = http::get(port, "/", &[("authorization", &token_a)]).unwrap();
     assert_eq!(r.status, 401, "{}", r.text());
+}
+
+#[test]
+fn a_flood_of_unknown_kids_refetches_within_the_rate_limit() {
+    let a = TestKey::ed25519("key-a");
+    let idp = Idp::start(&[&a]);
+    let (envoy, _up) = start(
+        &idp,
+        vec![(
+            "main",
+            plugin(
+                json!({"http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp"}, "cache_duration": "3600s"}),
+            ),
+        )],
+        2,
+    );
+    let port = envoy.port("main");
+    let token_a = bearer(&a.sign(&claims()));
+    eventually(
+        Duration::from_secs(10),
+        "key a",
+        || http::get(port, "/", &[("authorization", &token_a)]).unwrap(),
+        200,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let before = idp.fetches("/jwks");
+    *idp.delay.lock().unwrap() = Duration::from_millis(300);
+    // 4 clients, each token with a kid never seen before.
+    let started = Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                for i in 0..60 {
+                    let forged = TestKey::ed25519(&format!("forged-{c}-{i}"));
+                    let token = bearer(&forged.sign(&claims()));
+                    let t = Instant::now();
+                    let r = http::get(port, "/", &[("authorization", &token)]).unwrap();
+                    out.push((r.status, t.elapsed()));
+                }
+                out
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, Duration)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let elapsed = started.elapsed();
+    let refetches = idp.fetches("/jwks") - before;
+    let held: Vec<u128> = answers
+        .iter()
+        .map(|(_, d)| d.as_millis())
+        .filter(|ms| *ms >= 250)
+        .collect();
+    eprintln!(
+        "{} forged kids in {elapsed:?}: {refetches} refetch(es) at the IdP, held for the refetch (ms): {held:?}",
+        answers.len()
+    );
+    let held = held.len();
+    for (status, _) in &answers {
+        assert_eq!(*status, 401);
+    }
+    assert_eq!(refetches, 1, "at most one refetch per 30 s, plugin-wide");
+    assert!(
+        held <= 8,
+        "only requests that came while the refetch ran wait: {held}"
+    );
+    // Inside the window a new kid is answered at once.
+    let forged = TestKey::ed25519("forged-late");
+    let t = Instant::now();
+    let r = http::get(
+        port,
+        "/",
+        &[("authorization", &bearer(&forged.sign(&claims())))],
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        error_of(&r).1,
+        "Jwks has no key matching the Jwt kid and alg"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    let r = http::get(port, "/", &[("authorization", &token_a)]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]
