@@ -21,7 +21,7 @@
 use crate::callout::{CalloutRequest, CalloutResponse, SharedStore};
 use crate::config::FilterConfig;
 use crate::credentials::aws::PendingSignature;
-use crate::credentials::oauth2::UpstreamToken;
+use crate::credentials::fetch::Lease;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
 use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
@@ -81,7 +81,7 @@ pub struct WorkerState {
     /// Keys of remote providers, as the root context last loaded them.
     pub remote_keys: Vec<Option<Arc<KeySet>>>,
     /// OAuth 2 tokens of upstream backends, as the root context last loaded them.
-    pub upstream_tokens: Vec<Option<Arc<UpstreamToken>>>,
+    pub upstream_tokens: Vec<Option<Arc<Lease>>>,
 }
 
 impl WorkerState {
@@ -117,7 +117,7 @@ pub struct InFlight {
     headers_released: bool,
     jwks_refresh: Vec<usize>,
     /// The upstream tokens as they were when the request came, and the clock.
-    tokens: Vec<Option<Arc<UpstreamToken>>>,
+    tokens: Vec<Option<Arc<Lease>>>,
     now: u64,
     /// Filter state for access logs, set with the next decision.
     properties: Vec<(&'static str, String)>,

@@ -9,6 +9,7 @@
 //! copies it into the request headers.
 
 use super::sigv4::{self, amz_date, AwsCredentials, SignInput, EMPTY_SHA256};
+use super::sts::{RawWebIdentity, WebIdentity};
 use crate::request::RequestView;
 use crate::response::{is_valid_header_value, HeaderOp};
 use crate::secret::Secret;
@@ -40,6 +41,8 @@ pub struct RawSigV4 {
     max_body_bytes: Option<usize>,
     /// Static keys, inline or from environment variables.
     credentials: Option<RawStaticCredentials>,
+    /// Temporary credentials from STS `AssumeRoleWithWebIdentity`.
+    web_identity: Option<RawWebIdentity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +67,8 @@ pub struct SigV4 {
 #[derive(Debug, Clone)]
 pub enum AwsSource {
     Static(Arc<AwsCredentials>),
+    /// Fetched by the root context, shared by the worker VMs.
+    WebIdentity(WebIdentity),
 }
 
 fn label(value: &str, field: &str) -> Result<(), ConfigError> {
@@ -129,8 +134,11 @@ impl SigV4 {
                 format!("at most {MAX_MAX_BODY_BYTES}"),
             ));
         }
-        let source = match raw.credentials {
-            Some(c) => {
+        let source = match (raw.credentials, raw.web_identity) {
+            (None, Some(w)) => AwsSource::WebIdentity(
+                WebIdentity::compile(w, env).map_err(|e| e.under("web_identity"))?,
+            ),
+            (Some(c), None) => {
                 let access_key_id = secret_text(c.access_key_id, env, "credentials.access_key_id")?;
                 let secret_access_key = Secret::new(secret_text(
                     c.secret_access_key,
@@ -148,7 +156,7 @@ impl SigV4 {
                     session_token,
                 }))
             }
-            None => {
+            _ => {
                 return Err(ConfigError::new(
                     "",
                     "exactly one of credentials, web_identity must be set",

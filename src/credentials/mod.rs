@@ -4,8 +4,11 @@
 
 use crate::vocab::unique_map::UniqueMap;
 pub mod aws;
+pub mod fetch;
 pub mod oauth2;
 pub mod sigv4;
+pub mod sts;
+pub mod xml;
 
 use crate::jwt::Identity;
 use crate::request::{cookie_header_without, path_without_params, RequestView};
@@ -14,7 +17,8 @@ use crate::route::{RawRouteMatch, RouteMatch};
 use crate::secret::Secret;
 use crate::vocab::{header_name, ConfigError, DataSource, Environment};
 use aws::{AwsSource, PendingSignature, RawSigV4, SigV4};
-use oauth2::{OAuth2, RawOAuth2, UpstreamToken};
+use fetch::{Credential, Lease, Source};
+use oauth2::{OAuth2, RawOAuth2};
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
@@ -438,6 +442,18 @@ fn deny(description: &str) -> CredentialOutcome {
     CredentialOutcome::Deny(LocalReply::json_error(403, "access_denied", description))
 }
 
+/// 503 with `Retry-After`: no usable fetched credential right now.
+fn unavailable() -> CredentialOutcome {
+    CredentialOutcome::Deny(
+        LocalReply::json_error(
+            503,
+            "upstream_credential_unavailable",
+            "the upstream credential is not available yet",
+        )
+        .with_header("retry-after", "1".into()),
+    )
+}
+
 fn claim_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -473,11 +489,12 @@ impl UpstreamCredentials {
         })
     }
 
-    /// The OAuth 2 configuration of each backend (`None` for static secrets),
-    /// for the root context's token fetcher.
-    pub fn oauth2_backends(&self) -> impl Iterator<Item = Option<OAuth2>> + '_ {
+    /// What each backend's credential is fetched from (`None` for static
+    /// secrets), for the root context's fetcher.
+    pub fn fetched_backends(&self) -> impl Iterator<Item = Option<Source>> + '_ {
         self.backends.iter().map(|b| match &b.secret {
-            SecretSource::OAuth2(o) => Some(o.clone()),
+            SecretSource::OAuth2(o) => Some(Source::OAuth2(o.clone())),
+            SecretSource::Aws(AwsSource::WebIdentity(w)) => Some(Source::Sts(w.clone())),
             _ => None,
         })
     }
@@ -487,7 +504,7 @@ impl UpstreamCredentials {
         &self,
         req: &RequestView,
         identities: &[Identity],
-        tokens: &[Option<Arc<UpstreamToken>>],
+        tokens: &[Option<Arc<Lease>>],
         now: u64,
     ) -> CredentialOutcome {
         let (backend_index, backend) = match self.select(req) {
@@ -508,25 +525,28 @@ impl UpstreamCredentials {
                 let Scheme::SigV4(sigv4) = &backend.scheme else {
                     return deny("no upstream backend is configured for this route");
                 };
-                let creds = match source {
-                    AwsSource::Static(c) => c.clone(),
+                let fetched = tokens.get(backend_index).and_then(Option::as_ref);
+                let creds = match (source, fetched) {
+                    (AwsSource::Static(c), _) => c.clone(),
+                    (AwsSource::WebIdentity(_), Some(lease)) if lease.usable_at(now) => {
+                        match &lease.credential {
+                            Credential::Aws(c) => c.clone(),
+                            Credential::Bearer(_) => return unavailable(),
+                        }
+                    }
+                    // Never missing or expiring credentials: the client may retry.
+                    (AwsSource::WebIdentity(_), _) => return unavailable(),
                 };
                 return self.sigv4(req, backend, sigv4, creds, now);
             }
             SecretSource::Fixed(s) => s,
             SecretSource::OAuth2(_) => match tokens.get(backend_index).and_then(Option::as_ref) {
-                Some(t) if t.usable_at(now) => &t.access_token,
+                Some(t) if t.usable_at(now) => match &t.credential {
+                    Credential::Bearer(token) => token,
+                    Credential::Aws(_) => return unavailable(),
+                },
                 // Never a missing or expiring token: the client may retry.
-                _ => {
-                    return CredentialOutcome::Deny(
-                        LocalReply::json_error(
-                            503,
-                            "upstream_credential_unavailable",
-                            "the upstream credential is not available yet",
-                        )
-                        .with_header("retry-after", "1".into()),
-                    )
-                }
+                _ => return unavailable(),
             },
             SecretSource::ByClaim {
                 claim,

@@ -2,16 +2,13 @@
 //! for Azure OpenAI, or any token endpoint), fetched by the root context and
 //! shared by every worker VM.
 //!
-//! - First fetch at once; a token is fetched again at half its lifetime.
-//! - A token's lifetime counts from when its request was sent (the endpoint
-//!   issued it later), and it is never injected in its last
-//!   [`expiry_margin`] (10 % of its lifetime, between 1 s and 10 s): once the
-//!   endpoint has failed that long, requests get 503, not a dead token (the
-//!   failure Envoy's oauth2 injector had, envoyproxy/envoy#44674).
-//! - Failures back off from `retry_back_off.base_interval` (1 s), doubling,
-//!   to at most `max_interval` (10 s), as Envoy's `BackoffStrategy`.
+//! The lifecycle (half-life refresh, never used near expiry, back-off) is
+//! the one every fetched credential shares: [`super::fetch`]. Envoy's own
+//! oauth2 injector once used dead tokens (envoyproxy/envoy#44674).
 
-use crate::callout::{CalloutRequest, CalloutResponse};
+use crate::callout::CalloutRequest;
+#[cfg(test)]
+use crate::callout::CalloutResponse;
 use crate::response::is_valid_header_value;
 use crate::secret::Secret;
 use crate::vocab::client_auth::{ClientAuthMethod, ClientCredentials, Form};
@@ -20,13 +17,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 
-/// The largest margin before a token's expiry in which it is not used.
-pub const MAX_EXPIRY_MARGIN_SECS: u64 = 10;
 /// Envoy's `BackoffStrategy`: base 1 s; the cap defaults to ten times the base.
 const DEFAULT_RETRY_BASE_SECS: u64 = 1;
 const DEFAULT_RETRY_MAX_FACTOR: u64 = 10;
-/// Token responses above this are refused.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
@@ -80,7 +73,7 @@ impl Default for BackOff {
 }
 
 impl BackOff {
-    fn compile(raw: Option<RawBackOff>) -> Result<Self, ConfigError> {
+    pub fn compile(raw: Option<RawBackOff>) -> Result<Self, ConfigError> {
         let Some(raw) = raw else {
             return Ok(BackOff::default());
         };
@@ -127,7 +120,7 @@ pub struct OAuth2 {
     token_uri: HttpUri,
     client: ClientCredentials,
     scopes: Vec<String>,
-    retry: BackOff,
+    pub retry: BackOff,
 }
 
 impl OAuth2 {
@@ -151,7 +144,7 @@ impl OAuth2 {
 
     /// The token request (RFC 6749 4.4). Its body or header holds the
     /// client secret: it is sent, never logged.
-    fn request(&self) -> CalloutRequest {
+    pub fn request(&self) -> CalloutRequest {
         let mut form = Form::default();
         form.push("grant_type", "client_credentials");
         if !self.scopes.is_empty() {
@@ -177,151 +170,10 @@ impl OAuth2 {
     }
 }
 
-/// The margin before expiry in which a token of `lifetime` seconds is not
-/// used: 10 % of the lifetime, at least 1 s (the clock counts whole
-/// seconds), at most [`MAX_EXPIRY_MARGIN_SECS`].
-pub fn expiry_margin(lifetime: u64) -> u64 {
-    lifetime.div_ceil(10).clamp(1, MAX_EXPIRY_MARGIN_SECS)
-}
-
-/// A token as injected: the secret and when it stops being usable.
-#[derive(Debug, Clone)]
-pub struct UpstreamToken {
-    pub access_token: Secret,
-    /// When the endpoint's lifetime ends, counted from the request's sending.
-    pub expires_at: u64,
-    /// `expires_at` less the margin: the token is used strictly before this.
-    pub usable_until: u64,
-}
-
-impl UpstreamToken {
-    /// Whether the token may be injected at `now` (whole seconds, rounded
-    /// down): it then has more than the margin left, wherever in the second
-    /// the request is.
-    pub fn usable_at(&self, now: u64) -> bool {
-        now < self.usable_until
-    }
-}
-
-#[derive(Debug)]
-pub enum TokenFetched {
-    /// A token, to fetch again at `refresh_at`.
-    Token {
-        token: UpstreamToken,
-        refresh_at: u64,
-    },
-    /// Nothing usable; the reason is for the log (never the response body).
-    Failed(String),
-}
-
-#[derive(Debug)]
-struct Slot {
-    oauth: OAuth2,
-    next_attempt: u64,
-    failures: u32,
-    /// When the request in flight was sent: a token's lifetime counts from then.
-    in_flight: Option<u64>,
-}
-
-/// The token fetches of every OAuth 2 backend, by backend index.
-#[derive(Debug, Default)]
-pub struct TokenFetcher {
-    slots: Vec<Option<Slot>>,
-}
-
-impl TokenFetcher {
-    pub fn new(backends: impl Iterator<Item = Option<OAuth2>>) -> Self {
-        TokenFetcher {
-            slots: backends
-                .map(|o| {
-                    o.map(|oauth| Slot {
-                        oauth,
-                        next_attempt: 0,
-                        failures: 0,
-                        in_flight: None,
-                    })
-                })
-                .collect(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(Option::is_none)
-    }
-
-    pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|_| i))
-    }
-
-    pub fn due(&mut self, now: u64) -> Vec<(usize, CalloutRequest)> {
-        let mut out = Vec::new();
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(slot) = slot else { continue };
-            if slot.in_flight.is_some() || now < slot.next_attempt {
-                continue;
-            }
-            slot.in_flight = Some(now);
-            out.push((index, slot.oauth.request()));
-        }
-        out
-    }
-
-    /// Another VM stored a token to refresh at `refresh_at`.
-    pub fn fetched_elsewhere(&mut self, index: usize, refresh_at: u64) {
-        if let Some(Some(slot)) = self.slots.get_mut(index) {
-            if slot.in_flight.is_none() {
-                slot.next_attempt = slot.next_attempt.max(refresh_at);
-                slot.failures = 0;
-            }
-        }
-    }
-
-    pub fn on_reply(&mut self, index: usize, reply: &CalloutResponse, now: u64) -> TokenFetched {
-        let Some(Some(slot)) = self.slots.get_mut(index) else {
-            return TokenFetched::Failed("not an OAuth 2 backend".into());
-        };
-        // The endpoint issued the token after the request left: counting
-        // its lifetime from the sending errs on the early side.
-        let sent_at = slot.in_flight.take().unwrap_or(now).min(now);
-        match parse(reply, sent_at) {
-            Ok((token, lifetime)) => {
-                slot.failures = 0;
-                let refresh_at = sent_at.saturating_add((lifetime / 2).max(1)).max(now);
-                slot.next_attempt = refresh_at;
-                TokenFetched::Token { token, refresh_at }
-            }
-            Err(reason) => {
-                slot.failures = slot.failures.saturating_add(1);
-                slot.next_attempt = now.saturating_add(slot.oauth.retry.delay(slot.failures));
-                TokenFetched::Failed(reason)
-            }
-        }
-    }
-
-    pub fn on_dispatch_failed(&mut self, index: usize, now: u64) {
-        let _ = self.on_reply(index, &CalloutResponse::default(), now);
-    }
-}
-
-/// The token in a reply to a request sent at `sent_at`, and its lifetime.
-fn parse(reply: &CalloutResponse, sent_at: u64) -> Result<(UpstreamToken, u64), String> {
-    match reply.status {
-        None => {
-            return Err(
-                "no valid response (timeout, reset, not HTTP, or a status outside 100-599)".into(),
-            )
-        }
-        Some(200) => {}
-        Some(s) => return Err(format!("token endpoint answered {s}")),
-    }
-    if reply.body.len() > MAX_RESPONSE_BYTES {
-        return Err("token response too large".into());
-    }
-    let doc: Value = serde_json::from_slice(&reply.body)
-        .map_err(|_| "token response is not JSON".to_string())?;
+/// The token in a 200 reply's body, and its lifetime.
+pub fn parse(body: &[u8]) -> Result<(Secret, u64), String> {
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|_| "token response is not JSON".to_string())?;
     let token = doc
         .get("access_token")
         .and_then(Value::as_str)
@@ -343,51 +195,20 @@ fn parse(reply: &CalloutResponse, sent_at: u64) -> Result<(UpstreamToken, u64), 
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             .ok_or("expires_in is not a number")?,
     };
-    let margin = expiry_margin(lifetime);
-    if lifetime <= margin {
-        return Err(format!("the token lives {lifetime} s, too short to use"));
-    }
-    let expires_at = sent_at.saturating_add(lifetime);
-    Ok((
-        UpstreamToken {
-            access_token: Secret::new(token.to_string()),
-            expires_at,
-            usable_until: expires_at - margin,
-        },
-        lifetime,
-    ))
-}
-
-/// Shared-data form: expiry, end of use and refresh time (u64 LE each),
-/// then the token.
-pub fn encode_shared(token: &UpstreamToken, refresh_at: u64) -> Vec<u8> {
-    let mut out = token.expires_at.to_le_bytes().to_vec();
-    out.extend_from_slice(&token.usable_until.to_le_bytes());
-    out.extend_from_slice(&refresh_at.to_le_bytes());
-    out.extend_from_slice(token.access_token.expose().as_bytes());
-    out
-}
-
-pub fn decode_shared(bytes: &[u8]) -> Option<(UpstreamToken, u64)> {
-    let word = |at: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
-    };
-    let (expires_at, usable_until, refresh_at) = (word(0)?, word(8)?, word(16)?);
-    let token = std::str::from_utf8(bytes.get(24..)?).ok()?;
-    Some((
-        UpstreamToken {
-            access_token: Secret::new(token.to_string()),
-            expires_at,
-            usable_until: usable_until.min(expires_at),
-        },
-        refresh_at,
-    ))
+    Ok((Secret::new(token.to_string()), lifetime))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::fetch::{
+        expiry_margin, CredentialFetcher as TokenFetcher, Fetched as TokenFetched, Source,
+    };
     use serde_json::json;
+
+    fn fetcher(o: OAuth2) -> TokenFetcher {
+        TokenFetcher::new([Some(Source::OAuth2(o))].into_iter())
+    }
 
     fn oauth(extra: Value) -> OAuth2 {
         let mut raw = json!({
@@ -441,17 +262,21 @@ mod tests {
 
     #[test]
     fn refresh_at_half_life_and_never_a_dead_token() {
-        let mut f = TokenFetcher::new([Some(oauth(json!({})))].into_iter());
+        let mut f = fetcher(oauth(json!({})));
         assert_eq!(f.due(100).len(), 1);
         assert!(f.due(100).is_empty(), "in flight");
-        let TokenFetched::Token { token, refresh_at } = f.on_reply(
+        let TokenFetched::Lease {
+            lease: token,
+            refresh_at,
+        } = f.on_reply(
             0,
             &reply(
                 200,
                 json!({"access_token": "tok", "token_type": "Bearer", "expires_in": 3600}),
             ),
             100,
-        ) else {
+        )
+        else {
             panic!()
         };
         assert_eq!((token.expires_at, refresh_at), (3700, 1900));
@@ -463,14 +288,18 @@ mod tests {
 
     #[test]
     fn a_token_lives_from_its_request_and_short_ones_keep_a_margin() {
-        let mut f = TokenFetcher::new([Some(oauth(json!({})))].into_iter());
+        let mut f = fetcher(oauth(json!({})));
         assert_eq!(f.due(100).len(), 1);
         // The endpoint answered 3 s later (slow): its 4 s count from 100.
-        let TokenFetched::Token { token, refresh_at } = f.on_reply(
+        let TokenFetched::Lease {
+            lease: token,
+            refresh_at,
+        } = f.on_reply(
             0,
             &reply(200, json!({"access_token": "t", "expires_in": 4})),
             103,
-        ) else {
+        )
+        else {
             panic!()
         };
         assert_eq!((token.expires_at, token.usable_until), (104, 103));
@@ -484,7 +313,7 @@ mod tests {
             let r = reply(200, json!({"access_token": "t", "expires_in": short}));
             assert!(matches!(f.on_reply(0, &r, 200), TokenFetched::Failed(_)));
             f.fetched_elsewhere(0, 0);
-            f.slots[0].as_mut().unwrap().next_attempt = 0;
+            f.retry_now(0);
         }
     }
 
@@ -527,7 +356,7 @@ mod tests {
 
     #[test]
     fn failures_back_off_and_bad_tokens_fail() {
-        let mut f = TokenFetcher::new([Some(oauth(json!({})))].into_iter());
+        let mut f = fetcher(oauth(json!({})));
         for (i, (r, now)) in [
             (reply(401, json!({"error": "invalid_client"})), 0),
             (reply(200, json!({"token_type": "Bearer"})), 1),
@@ -556,7 +385,7 @@ mod tests {
 
     #[test]
     fn remote_token_replies_reach_the_log_short_and_escaped() {
-        let mut f = TokenFetcher::new([Some(oauth(json!({})))].into_iter());
+        let mut f = fetcher(oauth(json!({})));
         let kind = format!("mac{}", "\r\n[critical] forged".repeat(400));
         assert_eq!(f.due(0).len(), 1);
         let r = reply(200, json!({"access_token": "t", "token_type": kind}));
@@ -569,24 +398,5 @@ mod tests {
         );
         assert!(!reason.contains(['\r', '\n']), "{reason}");
         assert!(reason.len() < 250, "{} bytes", reason.len());
-    }
-
-    #[test]
-    fn shared_form_round_trips() {
-        let t = UpstreamToken {
-            access_token: Secret::new("abc".into()),
-            expires_at: 9,
-            usable_until: 8,
-        };
-        let (back, refresh) = decode_shared(&encode_shared(&t, 5)).unwrap();
-        assert_eq!(
-            (
-                back.access_token.expose(),
-                back.expires_at,
-                back.usable_until,
-                refresh
-            ),
-            ("abc", 9, 8, 5)
-        );
     }
 }

@@ -297,14 +297,14 @@ fn oauth2_tokens_are_injected_while_usable_and_never_after() {
         "routes": [{"backend": "azure"}]
     }))
     .unwrap();
-    assert_eq!(c.oauth2_backends().filter(Option::is_some).count(), 1);
+    assert_eq!(c.fetched_backends().filter(Option::is_some).count(), 1);
     let r = req(
         "/openai/deployments/x",
         &[("authorization", "Bearer client")],
     );
     let token = |expires_at| {
-        vec![Some(Arc::new(oauth2::UpstreamToken {
-            access_token: Secret::new("entra-token".into()),
+        vec![Some(Arc::new(fetch::Lease {
+            credential: fetch::Credential::Bearer(Secret::new("entra-token".into())),
             expires_at,
             usable_until: expires_at - 10,
         }))]
@@ -481,4 +481,48 @@ fn sigv4_configuration_is_checked_naming_the_field() {
         "sigv4": {"region": "r", "host": "h"}}}}),
     );
     assert_eq!(stray.map(|_| ()).unwrap_err().path, "backends.b.sigv4");
+}
+
+#[test]
+fn sigv4_with_web_identity_signs_with_the_fetched_credentials_only_while_usable() {
+    let c = sigv4_backend(json!({"credentials": null, "web_identity": {
+        "role_arn": "arn:aws:iam::123456789012:role/bedrock",
+        "sts_uri": {"uri": "https://sts.us-east-1.amazonaws.com/", "cluster": "sts"},
+        "web_identity_token": {"inline_string": "eyJ.token"}}}))
+    .unwrap();
+    assert_eq!(c.fetched_backends().filter(Option::is_some).count(), 1);
+    let r = req("/model/m/invoke", &[]);
+    let lease = |expires_at| {
+        vec![Some(Arc::new(fetch::Lease {
+            credential: fetch::Credential::Aws(Arc::new(sigv4::AwsCredentials {
+                access_key_id: "ASIATEMPORARY0001".into(),
+                secret_access_key: Secret::new("temp-secret".into()),
+                session_token: Some(Secret::new("temp-token".into())),
+            })),
+            expires_at,
+            usable_until: expires_at - 10,
+        }))]
+    };
+    let CredentialOutcome::Inject { ops, .. } = c.plan(&r, &[], &lease(1_000_000), 999_000) else {
+        panic!("expected injection");
+    };
+    let mut seen = r.clone();
+    seen.apply(&ops);
+    assert!(seen
+        .header("authorization")
+        .unwrap()
+        .contains("Credential=ASIATEMPORARY0001/"));
+    assert_eq!(seen.header("x-amz-security-token"), Some("temp-token"));
+    for leases in [vec![None], lease(999_005), lease(999_010)] {
+        let CredentialOutcome::Deny(reply) = c.plan(&r, &[], &leases, 999_000) else {
+            panic!("expected 503");
+        };
+        assert_eq!(reply.status, 503);
+        assert!(reply.headers.contains(&("retry-after".into(), "1".into())));
+    }
+    let both = sigv4_backend(json!({"web_identity": {
+        "role_arn": "arn:aws:iam::1:role/r",
+        "sts_uri": {"uri": "https://sts.amazonaws.com/", "cluster": "sts"},
+        "web_identity_token": {"inline_string": "t"}}}));
+    assert_eq!(both.map(|_| ()).unwrap_err().path, "backends.bedrock.sigv4");
 }

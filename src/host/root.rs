@@ -7,7 +7,7 @@ use super::logger;
 use super::stream::{Pending, Site};
 use super::tokens::TokensHost;
 use crate::config::FilterConfig;
-use crate::credentials::oauth2::TokenFetcher;
+use crate::credentials::fetch::CredentialFetcher;
 use crate::flow::{self, WorkerState};
 use crate::jwks::Fetcher;
 use crate::stats::{self, Counter};
@@ -126,7 +126,7 @@ impl Root {
         let token_fetcher = config
             .upstream_credentials
             .as_ref()
-            .map(|c| TokenFetcher::new(c.oauth2_backends()))
+            .map(|c| CredentialFetcher::new(c.fetched_backends()))
             .unwrap_or_default();
         log::info!(
             "ai_auth: configuration loaded (root context {})",
@@ -143,6 +143,7 @@ impl Root {
             tokens: TokensHost::new(token_fetcher),
         });
         shared.prepare_skip_reports();
+        shared.prepare_fetch_claims();
         if let Some(jwt) = &shared.config.jwt_authn {
             for (index, provider) in jwt.providers.iter().enumerate() {
                 if let Some(jwt) = provider.jwt().filter(|j| !j.skipped_keys.is_empty()) {

@@ -10,6 +10,7 @@ use ai_auth_testkit::envoy::{repo_root, Options};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const AKID: &str = "AKIAIOSFODNN7EXAMPLE";
 pub const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
@@ -352,4 +353,189 @@ fn signed_after_the_passthrough_answers() {
     for s in state["bedrock"].as_array().unwrap() {
         assert!(s["reason"].is_null(), "{s}");
     }
+}
+
+const WEB_IDENTITY_TOKEN: &str =
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YWk6Z3cifQ.c2ln";
+
+fn sts_plugin() -> Value {
+    let web_identity = json!({
+        "role_arn": "arn:aws:iam::123456789012:role/bedrock-invoke",
+        "role_session_name": "ai-gateway",
+        "duration": "900s",
+        "sts_uri": {"uri": "http://sts.amazonaws.com/", "cluster": "sts", "timeout": "2s"},
+        "web_identity_token": {"environment_variable": "AWS_WEB_IDENTITY_TOKEN"},
+        "retry_back_off": {"base_interval": "1s", "max_interval": "2s"}});
+    let mut backend = sigv4_backend(json!(null), json!({}));
+    backend["sigv4"]
+        .as_object_mut()
+        .unwrap()
+        .remove("credentials");
+    backend["sigv4"]["web_identity"] = web_identity;
+    json!({"upstream_credentials": {
+        "backends": {"bedrock": backend},
+        "routes": [{"match": {"prefix": "/"}, "backend": "bedrock"}]}})
+}
+
+fn start_sts_gateway(mock: &AwsMock) -> Bedrock {
+    let opts = Options {
+        concurrency: 2,
+        ..Default::default()
+    };
+    start_envoy(
+        sts_plugin(),
+        &[("AWS_WEB_IDENTITY_TOKEN", WEB_IDENTITY_TOKEN)],
+        mock,
+        &opts,
+        vec![bootstrap::cluster("sts", mock.sts)],
+    )
+}
+
+/// Waits until `f` holds, at most `limit`.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// STS `AssumeRoleWithWebIdentity` (moto's server): the temporary
+/// credentials sign the requests; two worker VMs share one fetch.
+#[test]
+fn web_identity_credentials_from_sts_sign_requests() {
+    let mock = AwsMock::start();
+    let mut gw = start_sts_gateway(&mock);
+    let port = gw.envoy.port("main");
+    assert!(
+        eventually(Duration::from_secs(15), || gw
+            .envoy
+            .counter("upstream_credentials.aws_credentials_fetch_success")
+            >= 1),
+        "no STS fetch"
+    );
+    // The other worker VM loads what the first published at its next tick.
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..3 {
+        let r = post(
+            port,
+            MODEL_PATH,
+            br#"{"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = http::get(port, "/foundation-models", &[]).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let state = mock.state("");
+    assert_eq!(
+        state["sts_calls"], 1,
+        "one fetch for the Envoy's worker VMs: {}",
+        state["sts_calls"]
+    );
+    assert_eq!(state["web_identity_tokens"][0], WEB_IDENTITY_TOKEN);
+    let seen = state["bedrock"].as_array().unwrap();
+    assert_eq!(seen.len(), 6);
+    for s in seen {
+        assert!(s["reason"].is_null(), "{s}");
+        let auth = s["authorization"].as_str().unwrap();
+        assert!(
+            auth.contains("Credential=ASIA"),
+            "temporary credentials: {auth}"
+        );
+        assert!(s["headers"]["x-amz-security-token"].is_string());
+    }
+    assert_eq!(
+        gw.envoy
+            .counter("upstream_credentials.aws_credentials_fetch_success"),
+        1
+    );
+    let log = gw.envoy.stop();
+    assert!(!log.contains(WEB_IDENTITY_TOKEN));
+    let token = seen[0]["headers"]["x-amz-security-token"].as_str().unwrap();
+    assert!(!log.contains(token), "session token in the log");
+}
+
+/// Short-lived credentials are refreshed ahead of their Expiration (one
+/// fetch per refresh for two worker VMs); STS down: 503 with Retry-After
+/// once they are near expiry, then recovery without restart.
+#[test]
+fn web_identity_credentials_refresh_ahead_of_expiry_and_recover() {
+    let mock = AwsMock::start();
+    mock.state("lifetime=6");
+    let gw = start_sts_gateway(&mock);
+    let port = gw.envoy.port("main");
+    assert!(eventually(Duration::from_secs(15), || gw
+        .envoy
+        .counter("upstream_credentials.aws_credentials_fetch_success")
+        >= 1));
+    std::thread::sleep(Duration::from_secs(1));
+    let calls_at_start = mock.state("")["sts_calls"].as_u64().unwrap();
+    let t0 = Instant::now();
+    let mut statuses = std::collections::HashMap::new();
+    while t0.elapsed() < Duration::from_secs(12) {
+        let r = http::get(port, "/foundation-models", &[]).unwrap();
+        *statuses.entry(r.status).or_insert(0) += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let state = mock.state("");
+    let calls = state["sts_calls"].as_u64().unwrap() - calls_at_start;
+    // 6 s credentials refreshed at half-life: about 4 fetches in 12 s, for
+    // the whole Envoy (two worker VMs would make 8 each on their own).
+    eprintln!("{calls} STS calls in 12 s for 2 worker VMs; statuses {statuses:?}");
+    assert!((3..=6).contains(&calls), "{calls} STS calls in 12 s");
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{statuses:?}"
+    );
+    let keys: std::collections::HashSet<&str> = state["bedrock"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert!(s["reason"].is_null(), "{s}");
+            let auth = s["authorization"].as_str().unwrap();
+            auth.split("Credential=")
+                .nth(1)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert!(keys.len() >= 3, "refreshed credentials were used: {keys:?}");
+
+    // STS down: once the last credentials are near expiry, 503 + Retry-After.
+    mock.state("down=1");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = http::get(port, "/foundation-models", &[]).unwrap();
+            r.status == 503
+                && r.header("retry-after") == Some("1")
+                && error_of(&r).0 == "upstream_credential_unavailable"
+        }),
+        "no 503 while STS is down"
+    );
+    assert!(
+        gw.envoy
+            .counter("upstream_credentials.aws_credentials_fetch_failed")
+            >= 1
+    );
+    // STS back: signed requests again, without a restart.
+    mock.state("down=0");
+    assert!(
+        eventually(Duration::from_secs(10), || http::get(
+            port,
+            "/foundation-models",
+            &[]
+        )
+        .unwrap()
+        .status
+            == 200),
+        "no recovery after STS came back"
+    );
 }
