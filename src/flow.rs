@@ -25,7 +25,7 @@ use crate::credentials::fetch::Lease;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
 use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
-use crate::introspection::{Answer, Fresh, TokenDigest};
+use crate::introspection::{Answer, Fresh, Learnt, TokenDigest};
 use crate::jwt::error::JwtError;
 use crate::jwt::keys::KeySet;
 use crate::jwt::{self, cache::VerifiedCache, Identity};
@@ -125,11 +125,12 @@ pub struct InFlight {
     model_rule: Option<usize>,
     /// The passthrough asks its service once the body is there.
     authz_after_body: bool,
-    /// Introspection answers got for this request; the JWT stage runs
-    /// again with them.
-    introspected: Vec<Fresh>,
-    /// The introspection call in flight: provider and token digest.
-    introspecting: Option<(usize, TokenDigest)>,
+    /// Introspection answers and endpoints got for this request; the JWT
+    /// stage runs again with them.
+    introspected: Learnt,
+    /// The introspection call in flight: provider, token digest, and
+    /// whether it is the discovery of the endpoint.
+    introspecting: Option<(usize, TokenDigest, bool)>,
     /// A SigV4 request waiting for its body to be signed.
     sign_body: Option<Box<PendingSignature>>,
     /// The signature, published with the decision that lets the request go.
@@ -152,7 +153,7 @@ impl InFlight {
             properties: Vec::new(),
             model_rule: None,
             authz_after_body: false,
-            introspected: Vec::new(),
+            introspected: Learnt::default(),
             introspecting: None,
             sign_body: None,
             signed: Vec::new(),
@@ -174,7 +175,7 @@ impl InFlight {
     /// The largest introspection reply body worth reading, when this
     /// request waits for one (one byte over the limit tells "too large").
     pub fn introspection_reply_limit(&self, cfg: &FilterConfig) -> Option<usize> {
-        let (provider, _) = self.introspecting.as_ref()?;
+        let (provider, _, _) = self.introspecting.as_ref()?;
         let intro = cfg
             .jwt_authn
             .as_ref()?
@@ -295,7 +296,7 @@ fn run(
                 if let Some(needed) = outcome.introspect {
                     let provider = needed.provider;
                     flight.note(|| format!("jwt_authn: introspecting for provider {provider}"));
-                    flight.introspecting = Some((needed.provider, needed.digest));
+                    flight.introspecting = Some((needed.provider, needed.digest, needed.discovery));
                     return (
                         flight.decision(cfg, Step::Callout(needed.request)),
                         Some(flight),
@@ -543,7 +544,10 @@ pub fn on_callout_response(
     reply: CalloutResponse,
     now: u64,
 ) -> (Decision, Option<InFlight>) {
-    if let Some((provider, digest)) = flight.introspecting.take() {
+    if let Some((provider, digest, discovery)) = flight.introspecting.take() {
+        if discovery {
+            return discovered(cfg, state, store, flight, provider, digest, &reply, now);
+        }
         return introspected(cfg, state, store, flight, provider, digest, &reply, now);
     }
     on_auth_service_response(cfg, store, flight, reply, now)
@@ -587,11 +591,59 @@ fn introspected(
             log::warn!("ai_auth: introspection for provider {provider} failed: {why}");
         }
     }
-    flight.introspected.push(Fresh {
+    flight.introspected.answers.push(Fresh {
         provider,
         digest,
         answer,
     });
+    let flight = flight.restart(state, now);
+    run(cfg, state, store, flight, now, true)
+}
+
+/// The discovery document answered (or did not): its
+/// `introspection_endpoint` is used (and shared), or the token's answer is
+/// a failure; the stages run again either way.
+#[allow(clippy::too_many_arguments)]
+fn discovered(
+    cfg: &FilterConfig,
+    state: &mut WorkerState,
+    store: &dyn SharedStore,
+    mut flight: InFlight,
+    provider: usize,
+    digest: TokenDigest,
+    reply: &CalloutResponse,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    let Some(jwt_cfg) = cfg.jwt_authn.as_ref() else {
+        return (finish(cfg, &mut flight), None);
+    };
+    let p = jwt_cfg
+        .providers
+        .get(provider)
+        .and_then(|p| p.introspection());
+    let result = match p {
+        Some(p) => p.introspection.discovered(
+            reply,
+            p.issuer.as_deref(),
+            &jwt_cfg.namespace,
+            provider,
+            store,
+            now,
+        ),
+        None => Err("not an introspection provider".into()),
+    };
+    match result {
+        Ok(endpoint) => flight.introspected.endpoints.push((provider, endpoint)),
+        Err(why) => {
+            flight.counters.push(Counter::IntrospectionFailed);
+            log::warn!("ai_auth: introspection for provider {provider} failed: {why}");
+            flight.introspected.answers.push(Fresh {
+                provider,
+                digest,
+                answer: Answer::Failed(why),
+            });
+        }
+    }
     let flight = flight.restart(state, now);
     run(cfg, state, store, flight, now, true)
 }

@@ -47,7 +47,10 @@ const MAX_CACHED_CLAIMS: usize = 16 * 1024;
 pub struct RawIntrospection {
     /// The introspection endpoint (Keycloak:
     /// `.../realms/<realm>/protocol/openid-connect/token/introspect`).
-    endpoint: RawHttpUri,
+    endpoint: Option<RawHttpUri>,
+    /// Or the IdP's OIDC discovery document, whose `introspection_endpoint`
+    /// is then used, through the same cluster.
+    discovery: Option<RawHttpUri>,
     client_id: String,
     client_secret: DataSource,
     /// `client_secret_basic` (default) or `client_secret_post`.
@@ -77,10 +80,21 @@ struct RawCache {
     inactive_ttl: Option<Duration>,
 }
 
+/// Where the introspection endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Configured(HttpUri),
+    /// Read from this discovery document's `introspection_endpoint`.
+    Discovered(HttpUri),
+}
+
+/// How long a discovered endpoint is used before the document is read again.
+pub const DISCOVERY_TTL_SECS: u64 = 600;
+
 /// A provider's introspection settings.
 #[derive(Debug)]
 pub struct Introspection {
-    pub endpoint: HttpUri,
+    pub endpoint: Endpoint,
     client: ClientCredentials,
     pub max_entries: usize,
     /// Longest an active answer is used (it never outlives its `exp`); 0: not cached.
@@ -93,8 +107,20 @@ pub struct Introspection {
 
 impl Introspection {
     pub fn compile(raw: RawIntrospection, env: &dyn Environment) -> Result<Self, ConfigError> {
-        let endpoint =
-            HttpUri::compile(raw.endpoint, DEFAULT_TIMEOUT).map_err(|e| e.under("endpoint"))?;
+        let endpoint = match (raw.endpoint, raw.discovery) {
+            (Some(e), None) => Endpoint::Configured(
+                HttpUri::compile(e, DEFAULT_TIMEOUT).map_err(|e| e.under("endpoint"))?,
+            ),
+            (None, Some(d)) => Endpoint::Discovered(
+                HttpUri::compile(d, DEFAULT_TIMEOUT).map_err(|e| e.under("discovery"))?,
+            ),
+            _ => {
+                return Err(ConfigError::new(
+                    "endpoint",
+                    "set exactly one of endpoint, discovery",
+                ))
+            }
+        };
         let client = ClientCredentials::compile(
             raw.client_id,
             raw.client_secret,
@@ -142,14 +168,14 @@ impl Introspection {
 
     /// The introspection request (RFC 7662 2.1). Its body holds the token
     /// and perhaps the client secret: sent, never logged.
-    pub fn request(&self, token: &str) -> CalloutRequest {
+    pub fn request(&self, token: &str, endpoint: &HttpUri) -> CalloutRequest {
         let mut form = Form::default();
         form.push("token", token);
         form.push("token_type_hint", "access_token");
         let mut headers = vec![
             (":method".to_string(), "POST".to_string()),
-            (":path".to_string(), self.endpoint.path.clone()),
-            (":authority".to_string(), self.endpoint.authority.clone()),
+            (":path".to_string(), endpoint.path.clone()),
+            (":authority".to_string(), endpoint.authority.clone()),
             (
                 "content-type".to_string(),
                 "application/x-www-form-urlencoded".to_string(),
@@ -158,11 +184,124 @@ impl Introspection {
         ];
         self.client.authenticate(&mut headers, &mut form);
         CalloutRequest {
-            cluster: self.endpoint.cluster.clone(),
+            cluster: endpoint.cluster.clone(),
             headers,
             body: form.into_bytes(),
-            timeout: self.endpoint.timeout,
+            timeout: endpoint.timeout,
         }
+    }
+
+    /// The endpoint as configured, or as discovered: from this request's
+    /// discovery, else from shared data (any VM's, until it expires).
+    pub fn endpoint_now(
+        &self,
+        namespace: &str,
+        provider: usize,
+        store: &dyn SharedStore,
+        learnt: &[(usize, HttpUri)],
+        now: u64,
+    ) -> Option<HttpUri> {
+        let doc = match &self.endpoint {
+            Endpoint::Configured(e) => return Some(e.clone()),
+            Endpoint::Discovered(doc) => doc,
+        };
+        if let Some((_, e)) = learnt.iter().find(|(p, _)| *p == provider) {
+            return Some(e.clone());
+        }
+        let bytes = store.get(&discovered_key(namespace, provider))?;
+        let (expires, rest) = (bytes.get(..8)?, bytes.get(8..)?);
+        if now >= u64::from_le_bytes(expires.try_into().ok()?) {
+            return None;
+        }
+        let (authority, path) = std::str::from_utf8(rest).ok()?.split_once('\n')?;
+        Some(HttpUri {
+            authority: authority.to_string(),
+            path: path.to_string(),
+            cluster: doc.cluster.clone(),
+            timeout: doc.timeout,
+        })
+    }
+
+    /// The GET of the discovery document, for a discovered endpoint.
+    pub fn discovery_request(&self) -> Option<CalloutRequest> {
+        let Endpoint::Discovered(doc) = &self.endpoint else {
+            return None;
+        };
+        Some(CalloutRequest {
+            cluster: doc.cluster.clone(),
+            headers: vec![
+                (":method".into(), "GET".into()),
+                (":path".into(), doc.path.clone()),
+                (":authority".into(), doc.authority.clone()),
+                ("accept".into(), "application/json".into()),
+            ],
+            body: Vec::new(),
+            timeout: doc.timeout,
+        })
+    }
+
+    /// The endpoint a discovery document names (its `issuer`, when it has
+    /// one, must be `issuer`); it is shared with every VM for
+    /// [`DISCOVERY_TTL_SECS`]. The reason of a failure is for the log.
+    #[allow(clippy::too_many_arguments)]
+    pub fn discovered(
+        &self,
+        reply: &CalloutResponse,
+        issuer: Option<&str>,
+        namespace: &str,
+        provider: usize,
+        store: &dyn SharedStore,
+        now: u64,
+    ) -> Result<HttpUri, String> {
+        let Endpoint::Discovered(doc) = &self.endpoint else {
+            return Err("not a discovered endpoint".into());
+        };
+        match reply.status {
+            None => return Err("discovery: no valid answer".into()),
+            Some(200) => {}
+            Some(s) => return Err(format!("discovery: the IdP answered {s}")),
+        }
+        if reply.body.len() > self.max_response_bytes {
+            return Err("discovery: the document is larger than max_response_bytes".into());
+        }
+        let doc_json: Map<String, Value> = serde_json::from_slice(&reply.body).map_err(|_| {
+            format!(
+                "discovery: the document is not a JSON object: {}",
+                quote_bytes(&reply.body)
+            )
+        })?;
+        if let (Some(expected), Some(Value::String(got))) = (issuer, doc_json.get("issuer")) {
+            if got != expected {
+                return Err(format!(
+                    "discovery: the document's issuer {} is not the provider's",
+                    quote(got)
+                ));
+            }
+        }
+        let uri = doc_json
+            .get("introspection_endpoint")
+            .and_then(Value::as_str)
+            .ok_or("discovery: the document has no introspection_endpoint")?;
+        let (authority, path) = crate::vocab::split_uri(uri)
+            .filter(|(a, p)| !a.contains('\n') && !p.contains('\n'))
+            .ok_or_else(|| {
+                format!(
+                    "discovery: introspection_endpoint {} is not an http(s) URI",
+                    quote(uri)
+                )
+            })?;
+        let mut value = now
+            .saturating_add(DISCOVERY_TTL_SECS)
+            .to_le_bytes()
+            .to_vec();
+        value.extend_from_slice(format!("{authority}\n{path}").as_bytes());
+        store.set(&discovered_key(namespace, provider), &value);
+        Ok(HttpUri {
+            authority,
+            path,
+            cluster: doc.cluster.clone(),
+            timeout: doc.timeout,
+        })
     }
 
     /// What the endpoint's reply says. The reason of a failure is for the
@@ -273,12 +412,26 @@ pub struct Fresh {
     pub answer: Answer,
 }
 
-/// A token the JWT stage could not judge without asking the endpoint.
+/// A token the JWT stage could not judge without asking the endpoint
+/// (or first the discovery document, for where the endpoint is).
 #[derive(Debug, Clone)]
 pub struct Needed {
     pub provider: usize,
     pub digest: TokenDigest,
+    pub discovery: bool,
     pub request: CalloutRequest,
+}
+
+/// What the flow learnt for one request from its calls: answers, and
+/// discovered endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Learnt {
+    pub answers: Vec<Fresh>,
+    pub endpoints: Vec<(usize, HttpUri)>,
+}
+
+fn discovered_key(namespace: &str, provider: usize) -> String {
+    format!("ai_auth.introspection_endpoint.{namespace}.{provider}")
 }
 
 /// Shared-data layout: version, token digest (32), expiry (u64 LE), kind

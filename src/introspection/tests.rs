@@ -167,7 +167,10 @@ fn the_request_is_a_form_post_with_the_clients_authentication() {
     let p = cfg.jwt_authn.as_ref().unwrap().providers[0]
         .introspection()
         .unwrap();
-    let call = p.introspection.request("a token/+=");
+    let Endpoint::Configured(endpoint) = &p.introspection.endpoint else {
+        panic!()
+    };
+    let call = p.introspection.request("a token/+=", endpoint);
     let header = |n: &str| {
         call.headers
             .iter()
@@ -199,7 +202,10 @@ fn the_request_is_a_form_post_with_the_clients_authentication() {
     let p = cfg.jwt_authn.as_ref().unwrap().providers[0]
         .introspection()
         .unwrap();
-    let call = p.introspection.request("t");
+    let Endpoint::Configured(endpoint) = &p.introspection.endpoint else {
+        panic!()
+    };
+    let call = p.introspection.request("t", endpoint);
     assert!(call.headers.iter().all(|(k, _)| k != "authorization"));
     assert_eq!(
         String::from_utf8(call.body.clone()).unwrap(),
@@ -225,6 +231,12 @@ fn bad_configuration_is_refused_naming_the_field() {
         (
             provider(json!({"introspection": {"client_secret": {"environment_variable": "NOPE"}}})),
             "jwt_authn.providers.idp.introspection.client_secret.environment_variable",
+        ),
+        (
+            provider(
+                json!({"introspection": {"discovery": {"uri": "http://idp/.well-known/openid-configuration", "cluster": "idp"}}}),
+            ),
+            "jwt_authn.providers.idp.introspection.endpoint",
         ),
         (
             provider(json!({"introspection": {"client_id": ""}})),
@@ -581,4 +593,117 @@ fn a_cnf_in_the_answer_binds_the_token_as_a_jwts_does() {
     let mut h = Harness::new(config(json!({})));
     let d = with_cert(&mut h, Some(&hex));
     assert_eq!(replied(&d).0, 401, "{:?}", d.step);
+}
+
+/// Keycloak's discovery document (the members that matter here).
+fn discovery_doc(issuer: &str) -> Value {
+    json!({"issuer": issuer,
+           "token_endpoint": "https://kc.example/realms/ai/protocol/openid-connect/token",
+           "introspection_endpoint": "https://kc.example/realms/ai/protocol/openid-connect/token/introspect",
+           "jwks_uri": "https://kc.example/realms/ai/protocol/openid-connect/certs"})
+}
+
+fn discovering() -> FilterConfig {
+    let mut p = provider(json!({}));
+    p["introspection"]
+        .as_object_mut()
+        .unwrap()
+        .remove("endpoint");
+    p["introspection"]["discovery"] = json!({"uri": "http://idp.example/realms/ai/.well-known/openid-configuration",
+                                             "cluster": "idp", "timeout": "1s"});
+    compile_with(json!({
+        "providers": {"idp": p},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn header<'a>(call: &'a crate::callout::CalloutRequest, name: &str) -> Option<&'a str> {
+    call.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn the_endpoint_comes_from_oidc_discovery_once_for_every_vm() {
+    let mut h = Harness::new(discovering());
+    // First the discovery document, then the endpoint it names.
+    let (d, flight) = h.headers(req(TOKEN), NOW);
+    let Step::Callout(call) = &d.step else {
+        panic!("{:?}", d.step)
+    };
+    assert_eq!(header(call, ":method"), Some("GET"));
+    assert_eq!(
+        header(call, ":path"),
+        Some("/realms/ai/.well-known/openid-configuration")
+    );
+    let (d, flight) = flow::on_callout_response(
+        &h.cfg,
+        &mut h.state,
+        &h.store,
+        flight.unwrap(),
+        reply(200, &discovery_doc(ISS)),
+        NOW,
+    );
+    let Step::Callout(call) = &d.step else {
+        panic!("{:?}", d.step)
+    };
+    assert_eq!(header(call, ":method"), Some("POST"));
+    assert_eq!(header(call, ":authority"), Some("kc.example"));
+    assert_eq!(
+        header(call, ":path"),
+        Some("/realms/ai/protocol/openid-connect/token/introspect")
+    );
+    assert_eq!(call.cluster, "idp", "through the configured cluster");
+    let d = h.answer(
+        flight.unwrap(),
+        reply(200, &keycloak_active(NOW + 300)),
+        NOW,
+    );
+    assert!(continued(&d).contains(&HeaderOp::set("x-user", "alice")));
+    // Another token in another VM: the shared endpoint, no discovery.
+    let mut other_vm = WorkerState::new(&h.cfg);
+    let (d, _) =
+        flow::on_request_headers(&h.cfg, &mut other_vm, &h.store, req("other-token"), NOW + 1);
+    let Step::Callout(call) = &d.step else {
+        panic!("{:?}", d.step)
+    };
+    assert_eq!(header(call, ":method"), Some("POST"));
+    // Read again once DISCOVERY_TTL_SECS is over.
+    let (d, _) = h.headers(req("third-token"), NOW + DISCOVERY_TTL_SECS);
+    let Step::Callout(call) = &d.step else {
+        panic!("{:?}", d.step)
+    };
+    assert_eq!(header(call, ":method"), Some("GET"));
+}
+
+#[test]
+fn a_failed_or_foreign_discovery_is_an_introspection_failure() {
+    let mut wrong_endpoint = discovery_doc(ISS);
+    wrong_endpoint["introspection_endpoint"] = json!("ftp://x/\nforged");
+    let mut no_endpoint = discovery_doc(ISS);
+    no_endpoint
+        .as_object_mut()
+        .unwrap()
+        .remove("introspection_endpoint");
+    for bad in [
+        CalloutResponse::default(),
+        reply(500, &json!({})),
+        reply(200, &discovery_doc("https://evil.example")),
+        reply(200, &wrong_endpoint),
+        reply(200, &no_endpoint),
+    ] {
+        let mut h = Harness::new(discovering());
+        let (_, flight) = h.headers(req(TOKEN), NOW);
+        let d = h.answer(flight.unwrap(), bad.clone(), NOW);
+        assert_eq!(replied(&d).0, 503, "{bad:?}");
+        assert!(d.counters.contains(&Counter::IntrospectionFailed));
+        // Nothing was remembered: the next request discovers again.
+        let (d, _) = h.headers(req(TOKEN), NOW);
+        let Step::Callout(call) = &d.step else {
+            panic!("{:?}", d.step)
+        };
+        assert_eq!(header(call, ":method"), Some("GET"));
+    }
 }

@@ -91,7 +91,15 @@ fn request(headers: &[(&str, &str)], peer_cert: Option<&str>) -> RequestView {
 
 fn run(cfg: &JwtAuthn, req: &RequestView, store: &MemoryStore) -> JwtOutcome {
     let mut cache = VerifiedCache::new(100, 8192);
-    authenticate_with(cfg, req, NOW, &mut cache, &[], store, &[])
+    authenticate_with(
+        cfg,
+        req,
+        NOW,
+        &mut cache,
+        &[],
+        store,
+        &crate::introspection::Learnt::default(),
+    )
 }
 
 fn dpop_request(token: &str, proof: &str) -> RequestView {

@@ -20,7 +20,7 @@ pub mod token;
 
 use crate::apikeys::{ApiKeys, Rejection};
 use crate::callout::SharedStore;
-use crate::introspection::{Answer, Fresh, Needed, TokenDigest};
+use crate::introspection::{Answer, Learnt, Needed, TokenDigest};
 use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
@@ -157,11 +157,11 @@ pub fn authenticate(
         cache,
         &[],
         &crate::callout::MemoryStore::default(),
-        &[],
+        &Learnt::default(),
     )
 }
 
-/// `fresh`: introspection answers the flow got for this request.
+/// `learnt`: introspection answers and endpoints the flow got for this request.
 pub fn authenticate_with(
     cfg: &JwtAuthn,
     req: &RequestView,
@@ -169,7 +169,7 @@ pub fn authenticate_with(
     cache: &mut VerifiedCache,
     remote: &RemoteKeys,
     store: &dyn SharedStore,
-    fresh: &[Fresh],
+    learnt: &Learnt,
 ) -> JwtOutcome {
     let mut outcome = JwtOutcome {
         result: Ok(Vec::new()),
@@ -198,7 +198,7 @@ pub fn authenticate_with(
         outcome.header_ops = claim_header_removals(cfg);
         return outcome;
     };
-    let mut eval = Evaluation::new(cfg, req, now, cache, remote, store, fresh);
+    let mut eval = Evaluation::new(cfg, req, now, cache, remote, store, learnt);
     let mut result = eval.requirement(requirement);
     let identities: Vec<Identity> = eval.identities();
     if result.is_ok() {
@@ -289,8 +289,8 @@ struct Evaluation<'a> {
     counters: Vec<Counter>,
     refresh: Vec<usize>,
     store: &'a dyn SharedStore,
-    /// Introspection answers got for this request.
-    fresh: &'a [Fresh],
+    /// Introspection answers and endpoints got for this request.
+    learnt: &'a Learnt,
     /// The first introspection call this evaluation needs.
     needed: Option<Needed>,
 }
@@ -303,7 +303,7 @@ impl<'a> Evaluation<'a> {
         cache: &'a mut VerifiedCache,
         remote: &'a RemoteKeys,
         store: &'a dyn SharedStore,
-        fresh: &'a [Fresh],
+        learnt: &'a Learnt,
     ) -> Self {
         let n = cfg.providers.len();
         Evaluation {
@@ -319,7 +319,7 @@ impl<'a> Evaluation<'a> {
             counters: Vec::new(),
             refresh: Vec::new(),
             store,
-            fresh,
+            learnt,
             needed: None,
         }
     }
@@ -577,7 +577,8 @@ impl<'a> Evaluation<'a> {
         let intro = &provider.introspection;
         let digest = TokenDigest::of(token);
         let fresh = self
-            .fresh
+            .learnt
+            .answers
             .iter()
             .find(|f| f.provider == index && f.digest == digest)
             .map(|f| f.answer.clone());
@@ -591,10 +592,30 @@ impl<'a> Evaluation<'a> {
                 None => {
                     self.counters.push(Counter::IntrospectionCacheMiss);
                     if self.needed.is_none() {
+                        let ns = &self.cfg.namespace;
+                        let endpoint = intro.endpoint_now(
+                            ns,
+                            index,
+                            self.store,
+                            &self.learnt.endpoints,
+                            self.now,
+                        );
+                        let (discovery, request) = match endpoint {
+                            Some(e) => (false, intro.request(token, &e)),
+                            None => match intro.discovery_request() {
+                                Some(r) => (true, r),
+                                None => {
+                                    return Err(JwtError::IntrospectionFailed(
+                                        intro.status_on_error,
+                                    ))
+                                }
+                            },
+                        };
                         self.needed = Some(Needed {
                             provider: index,
                             digest,
-                            request: intro.request(token),
+                            discovery,
+                            request,
                         });
                     }
                     return Err(JwtError::IntrospectionPending);

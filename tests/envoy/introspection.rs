@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const PATH: &str = "/realms/ai/protocol/openid-connect/token/introspect";
+const DISCOVERY: &str = "/realms/ai/.well-known/openid-configuration";
 const CLIENT_ID: &str = "llm-gateway";
 const CLIENT_SECRET: &str = "introspection-s3cret-5f2a";
 const ACTIVE: &str = "kc-opaque-active-8b1e0c3d";
@@ -109,6 +110,13 @@ impl Idp {
                     &keycloak_answer(f.get("token").map_or("", String::as_str)),
                 )
             };
+            if r.path == DISCOVERY && r.method == "GET" {
+                return Action::json(
+                    200,
+                    &json!({"issuer": ISS, "introspection_endpoint": format!("http://idp.test{PATH}"),
+                            "jwks_uri": "http://idp.test/realms/ai/protocol/openid-connect/certs"}),
+                );
+            }
             if r.path != PATH || r.method != "POST" {
                 return Action::status(404);
             }
@@ -131,7 +139,19 @@ impl Idp {
     }
 
     fn calls(&self) -> usize {
-        self.server.count()
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.path == PATH)
+            .count()
+    }
+
+    fn discoveries(&self) -> usize {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.path == DISCOVERY)
+            .count()
     }
 
     fn calls_for(&self, token: &str) -> usize {
@@ -356,4 +376,27 @@ fn a_misbehaving_endpoint_never_takes_the_vm_down() {
     // Remote text is quoted and escaped: no line of the log starts with
     // what the endpoint sent.
     assert!(!log.lines().any(|l| l.starts_with("{\"exp\"")));
+}
+
+#[test]
+fn the_endpoint_comes_from_oidc_discovery_read_once_for_every_worker() {
+    let idp = Idp::start();
+    let mut p = plugin(json!({}));
+    let intro = &mut p["jwt_authn"]["providers"]["opaque"]["introspection"];
+    intro.as_object_mut().unwrap().remove("endpoint");
+    intro["discovery"] =
+        json!({"uri": format!("http://idp.test{DISCOVERY}"), "cluster": "idp", "timeout": "0.5s"});
+    let (envoy, upstream) = start(&idp, vec![("main", p)], 2);
+    let r = get(&envoy, "main", ACTIVE);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.last().unwrap().header("x-user"), Some("alice"));
+    assert_eq!((idp.discoveries(), idp.calls()), (1, 1));
+    // Other tokens on new connections (both workers): the endpoint is
+    // shared, the document is not read again.
+    for _ in 0..10 {
+        assert_eq!(get(&envoy, "main", ACTIVE_2).status, 200);
+        assert_eq!(get(&envoy, "main", INACTIVE).status, 401);
+    }
+    assert_eq!(idp.discoveries(), 1);
+    assert_eq!(idp.calls_for(ACTIVE_2), 1);
 }
