@@ -53,6 +53,13 @@
 //! `wasm_apikey_1_post_2k` (the key only, and the buffer filter, the same
 //! POST): the model check costs what it adds over the latter.
 //!
+//! Issue 9.4: `wasm_prefix_60k_path` and `wasm_regex_60k_path` send a 60 KB
+//! path to our filter with a rule that matches it by prefix or by
+//! `safe_regex` (`/re/[a-z]+(/.*)?`, the pattern of the issue);
+//! `wasm_regex_hard_60k_path` uses `(.*a){20}` (also from the issue), which a
+//! PikeVM pays dearly for. The regex's cost per request is the CPU of a
+//! regex variant less the prefix variant's; printed after the targets.
+//!
 //! To add a variant, push a `Variant` (name, HTTP filters before the router,
 //! request headers, whether the filter refuses a request without them,
 //! counter checks) in `variants`.
@@ -103,6 +110,14 @@ struct Variant {
     body: Vec<u8>,
     /// A DPoP proof made for each request with this key, for this token.
     dpop: Option<DpopClient>,
+    /// The request's path; `None`: `PATH`.
+    path: Option<String>,
+}
+
+impl Variant {
+    fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or(PATH)
+    }
 }
 
 /// A DPoP client: its key and its DPoP-bound access token.
@@ -325,6 +340,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             checks: vec![],
             body: Vec::new(),
             dpop: None,
+            path: None,
         },
         Variant {
             name: "native_jwt_nocache",
@@ -337,6 +353,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             ],
             body: Vec::new(),
             dpop: None,
+            path: None,
         },
         Variant {
             name: "native_jwt_cache",
@@ -349,6 +366,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             ],
             body: Vec::new(),
             dpop: None,
+            path: None,
         },
         // The floor of any wasm filter: a proxy-wasm filter that does nothing
         // (benches/noop-filter), in the same V8.
@@ -360,6 +378,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             checks: vec![],
             body: Vec::new(),
             dpop: None,
+            path: None,
         },
         // Diagnostic: our filter on a route that requires no JWT. The floor of
         // any wasm filter in V8 (VM calls per stream, the header snapshot);
@@ -375,6 +394,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             ],
             body: Vec::new(),
             dpop: None,
+            path: None,
         },
     ];
     // Passthrough auth (issue 4) against the same auth service, a second
@@ -391,6 +411,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         )],
         body: Vec::new(),
         dpop: None,
+        path: None,
     });
     // The floor of any proxy-wasm passthrough: one call, answer unread, resume.
     v.push(Variant {
@@ -401,6 +422,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         checks: vec![],
         body: Vec::new(),
         dpop: None,
+        path: None,
     });
     v.push(Variant {
         name: "wasm_ext_authz",
@@ -413,6 +435,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         ],
         body: Vec::new(),
         dpop: None,
+        path: None,
     });
     v.push(Variant {
         name: "wasm_ext_authz_cache",
@@ -422,6 +445,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         checks: vec![Check::EveryRequest(authz_stat("decision_cache_hit"))],
         body: Vec::new(),
         dpop: None,
+        path: None,
     });
     for (alg, token) in [
         ("rs256", &t.rs256),
@@ -439,6 +463,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             ],
             body: Vec::new(),
             dpop: None,
+            path: None,
         });
         v.push(Variant {
             name: leak(format!("wasm_{alg}_hit")),
@@ -451,6 +476,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             ],
             body: Vec::new(),
             dpop: None,
+            path: None,
         });
     }
     // DPoP (issue 16): the token of wasm_rs256_hit, bound to the client's key.
@@ -466,6 +492,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             ],
             body: Vec::new(),
             dpop: Some(client.clone()),
+            path: None,
         });
     }
     // API keys (issue 15), ours next to Envoy's api_key_auth.
@@ -481,6 +508,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             checks: vec![Check::EveryRequest(wasm_stat("api_key_valid"))],
             body: Vec::new(),
             dpop: None,
+            path: None,
         });
         v.push(Variant {
             name: leak(if n == 1 {
@@ -494,6 +522,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             checks: vec![],
             body: Vec::new(),
             dpop: None,
+            path: None,
         });
     }
     // The model check (issue 15) on a 2 KiB chat request.
@@ -506,6 +535,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         checks: vec![],
         body: body.clone(),
         dpop: None,
+        path: None,
     });
     let mut json_key = first.clone();
     json_key.push(("content-type".into(), "application/json".into()));
@@ -520,6 +550,7 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         ],
         body: body.clone(),
         dpop: None,
+        path: None,
     });
     v.push(Variant {
         name: "wasm_model_check_2k",
@@ -532,7 +563,33 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         ],
         body,
         dpop: None,
+        path: None,
     });
+    // Issue 9.4: the cost of a route regex on a 60 KB path, next to a prefix
+    // rule on the same path (the floor: the path into the VM and back).
+    let long_path = format!("/re/{}", "a".repeat(60 * 1000 - 4));
+    for (name, matcher) in [
+        ("wasm_prefix_60k_path", json!({"prefix": "/re/"})),
+        (
+            "wasm_regex_60k_path",
+            json!({"safe_regex": {"regex": "/re/[a-z]+(/.*)?"}}),
+        ),
+        (
+            "wasm_regex_hard_60k_path",
+            json!({"safe_regex": {"regex": "(.*a){20}"}}),
+        ),
+    ] {
+        v.push(Variant {
+            name,
+            filters: vec![wasm_jwt_rule(t, None, json!({ "match": matcher }))],
+            headers: vec![],
+            enforces: false,
+            checks: vec![Check::Never(wasm_stat("jwt_cache_miss"))],
+            body: Vec::new(),
+            dpop: None,
+            path: Some(long_path.clone()),
+        });
+    }
     v
 }
 
@@ -848,11 +905,15 @@ fn run() -> Result<(), String> {
     let listeners = all
         .iter()
         .map(|v| {
-            bootstrap::listener(
+            let mut l = bootstrap::listener(
                 v.name,
                 v.filters.clone(),
                 vec![bootstrap::direct_response(200, "ok")],
-            )
+            );
+            // Room for the 60 KB paths (Envoy's default is 60 KiB of headers).
+            l["filter_chains"][0]["filters"][0]["typed_config"]["max_request_headers_kb"] =
+                json!(96);
+            l
         })
         .collect();
     let auth_service = start_auth_service()?;
@@ -886,7 +947,7 @@ fn run() -> Result<(), String> {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let method = if v.body.is_empty() { "GET" } else { "POST" };
-        let r = http::request(port, method, PATH, &headers, &v.body)?;
+        let r = http::request(port, method, v.path(), &headers, &v.body)?;
         if r.status != 200 {
             return Err(format!(
                 "{}: preflight answered {}: {}",
@@ -896,7 +957,7 @@ fn run() -> Result<(), String> {
             ));
         }
         if v.enforces {
-            let r = http::request(port, method, PATH, &[], &v.body)?;
+            let r = http::request(port, method, v.path(), &[], &v.body)?;
             if (200..300).contains(&r.status) {
                 return Err(format!(
                     "{}: answered {} without credentials: the filter is not enforcing",
@@ -919,7 +980,7 @@ fn run() -> Result<(), String> {
         for k in 0..n {
             let i = (k + shift) % n;
             let v = &all[i];
-            let mut cfg = loadgen::Config::new(envoy.port(v.name), PATH);
+            let mut cfg = loadgen::Config::new(envoy.port(v.name), v.path());
             cfg.headers = v.headers.clone();
             cfg.body = v.body.clone();
             if let Some(d) = v.dpop.clone() {
@@ -1147,6 +1208,13 @@ fn run() -> Result<(), String> {
                 o.0 / n.0,
                 o.1 / n.1
             );
+        }
+    }
+    println!();
+    println!("issue 9.4 (route regex on a 60 KB path, extra Envoy CPU per request):");
+    for name in ["wasm_regex_60k_path", "wasm_regex_hard_60k_path"] {
+        if let Some(e) = extra(name, "wasm_prefix_60k_path") {
+            println!("  {name:<24} {e:+.1} us/req over wasm_prefix_60k_path");
         }
     }
     Ok(())

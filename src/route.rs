@@ -4,8 +4,12 @@
 
 use crate::request::RequestView;
 use crate::vocab::ConfigError;
-use regex_lite::Regex;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson::{self, WhichCaptures, NFA};
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input};
 use serde::Deserialize;
+use std::cell::RefCell;
 
 /// Wire form of Envoy's `StringMatcher`: exactly one of the fields.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,7 +64,7 @@ pub enum StringMatcher {
     Prefix(String, bool),
     Suffix(String, bool),
     Contains(String, bool),
-    Regex(Regex),
+    Regex(SafeRegex),
 }
 
 impl StringMatcher {
@@ -119,10 +123,86 @@ impl StringMatcher {
     }
 }
 
-/// Compiles a regex for a full match, as Envoy's `safe_regex` (RE2) matches.
-pub fn compile_regex(pattern: &str) -> Result<Regex, ConfigError> {
-    Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| ConfigError::new("regex", format!("invalid regex `{pattern}`: {e}")))
+/// The largest compiled pattern accepted, in NFA states (instructions),
+/// as Envoy bounds RE2's program size (`re2.max_program_size.error_level`,
+/// 100 by default): matching costs at most this many steps per byte.
+pub const MAX_REGEX_PROGRAM_SIZE: usize = 100;
+/// Memory the NFA compiler may use before a pattern is refused as too big
+/// (`a{1000}{1000}` is refused here, before it is built).
+const MAX_REGEX_COMPILE_BYTES: usize = 64 * 1024;
+/// Memory of the lazy DFA's state cache, per pattern. A pattern whose DFA
+/// needs more (states that blow up) clears it and goes on: slower, still
+/// linear in the input.
+const REGEX_CACHE_BYTES: usize = 64 * 1024;
+
+/// A `safe_regex`, matched as RE2 does in Envoy: against the whole value,
+/// in linear time (a lazy DFA, regex-automata's `hybrid`, never
+/// backtracking), with `\d`, `\w`, `\s` and `(?i)` on ASCII.
+#[derive(Debug, Clone)]
+pub struct SafeRegex(Box<Lazy>);
+
+#[derive(Debug, Clone)]
+struct Lazy {
+    dfa: DFA,
+    /// The DFA's states built so far (the VM runs one request at a time).
+    cache: RefCell<Cache>,
+}
+
+impl SafeRegex {
+    pub fn is_match(&self, value: &str) -> bool {
+        let input = Input::new(value.as_bytes())
+            .anchored(Anchored::Yes)
+            .earliest(true);
+        let Lazy { dfa, cache } = &*self.0;
+        let found = match cache.try_borrow_mut() {
+            Ok(mut cache) => dfa.try_search_fwd(&mut cache, &input),
+            Err(_) => dfa.try_search_fwd(&mut dfa.create_cache(), &input),
+        };
+        // The DFA is configured never to give up and has no quit bytes:
+        // an error cannot happen; were it to, nothing matched.
+        matches!(found, Ok(Some(_)))
+    }
+}
+
+/// Compiles a regex for a full match, as Envoy's `safe_regex` (RE2) matches,
+/// refusing patterns over [`MAX_REGEX_PROGRAM_SIZE`].
+pub fn compile_regex(pattern: &str) -> Result<SafeRegex, ConfigError> {
+    let full = format!("^(?:{pattern})$");
+    let too_big = |size: &dyn std::fmt::Display| {
+        ConfigError::new(
+            "regex",
+            format!(
+                "regex `{pattern}` compiles to {size} instructions, more than {MAX_REGEX_PROGRAM_SIZE} (as Envoy's RE2 program size limit)"
+            ),
+        )
+    };
+    // Unicode off: RE2's Perl classes are ASCII, and the matcher carries no
+    // Unicode tables; a path or a header value is matched as bytes.
+    let nfa = NFA::compiler()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .configure(
+            thompson::Config::new()
+                .which_captures(WhichCaptures::None)
+                .nfa_size_limit(Some(MAX_REGEX_COMPILE_BYTES)),
+        )
+        .build(&full)
+        .map_err(|e| {
+            if e.size_limit().is_some() {
+                too_big(&"many")
+            } else {
+                ConfigError::new("regex", format!("invalid regex `{pattern}`: {e}"))
+            }
+        })?;
+    let size = nfa.states().len();
+    if size > MAX_REGEX_PROGRAM_SIZE {
+        return Err(too_big(&size));
+    }
+    let dfa = DFA::builder()
+        .configure(DFA::config().cache_capacity(REGEX_CACHE_BYTES))
+        .build_from_nfa(nfa)
+        .map_err(|e| ConfigError::new("regex", format!("regex `{pattern}`: {e}")))?;
+    let cache = RefCell::new(dfa.create_cache());
+    Ok(SafeRegex(Box::new(Lazy { dfa, cache })))
 }
 
 #[derive(Debug, Clone)]
@@ -201,7 +281,7 @@ fn header_for_match(req: &RequestView, name: &str) -> Option<String> {
 enum PathCheck {
     Prefix(String),
     Exact(String),
-    Regex(Regex),
+    Regex(SafeRegex),
 }
 
 /// A compiled `RouteMatch`.
@@ -347,6 +427,65 @@ mod tests {
         let err = RouteMatch::compile(&raw).unwrap_err();
         assert!(err.path.starts_with("safe_regex"), "{err}");
         assert!(err.reason.contains("invalid regex"));
+    }
+
+    #[test]
+    fn regexes_match_the_path_without_its_query_as_re2_does() {
+        let r = route(r#"{"safe_regex": {"regex": "/v\\d+/\\w+"}}"#);
+        assert!(r.matches(&req("/v1/models?next=/../admin", &[])));
+        assert!(!r.matches(&req("/v1/models/x?y", &[])));
+        // RE2's Perl classes are ASCII.
+        assert!(!r.matches(&req("/v\u{0663}/models", &[])));
+        let r = route(r#"{"safe_regex": {"regex": "/API/.*"}, "case_sensitive": false}"#);
+        assert!(r.matches(&req("/api/x", &[])));
+        let m = StringMatcher::compile(
+            &serde_json::from_str(r#"{"safe_regex": {"regex": "b.+r"}}"#).unwrap(),
+        )
+        .unwrap();
+        assert!(m.matches("bearer"));
+        assert!(!m.matches("x-bearer"));
+    }
+
+    #[test]
+    fn patterns_over_the_program_size_are_refused() {
+        for (pattern, ok) in [
+            ("/v1/(chat/completions|completions|embeddings)", true),
+            ("(.*a){20}", true),
+            ("[a-z]{1,1000}", false),
+            (".{200}", false),
+            ("a{1000}{1000}", false),
+        ] {
+            let raw: RawRouteMatch =
+                serde_json::from_value(serde_json::json!({"safe_regex": {"regex": pattern}}))
+                    .unwrap();
+            match RouteMatch::compile(&raw) {
+                Ok(_) => assert!(ok, "{pattern} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{pattern}: {e}");
+                    assert_eq!(e.path, "safe_regex.regex");
+                    assert!(e.reason.contains("more than 100"), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_60_kb_path_is_matched_in_linear_time() {
+        // regex-lite's PikeVM took 7 ms (the first) and 61-68 ms (the
+        // second) per match in the VM; a lazy DFA scans it once.
+        let path = format!("/re/{}", "a".repeat(60 * 1000));
+        for pattern in ["/re/[a-z]+(/.*)?", "(.*a){20}"] {
+            let r = compile_regex(pattern).unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..20 {
+                assert!(r.is_match(&path));
+            }
+            let took = start.elapsed();
+            assert!(
+                took < std::time::Duration::from_millis(400),
+                "{pattern}: 20 matches took {took:?}"
+            );
+        }
     }
 
     #[test]

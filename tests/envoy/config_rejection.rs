@@ -70,6 +70,12 @@ fn invalid_configurations_are_refused_with_the_field_named() {
             "field `jwt_authn.rules[0].match.safe_regex.regex`: invalid regex `/v1/(chat`",
         ),
         (
+            "a regex over the program size limit",
+            json!({"jwt_authn": {"providers": {"idp": provider(good_jwks())},
+                   "rules": [{"match": {"safe_regex": {"regex": "/v1/.{200}"}}, "requires": {"provider_name": "idp"}}]}}).to_string(),
+            "field `jwt_authn.rules[0].match.safe_regex.regex`: regex `/v1/.{200}` compiles to",
+        ),
+        (
             "missing environment variable",
             json!({"jwt_authn": {"providers": {"idp": {"local_jwks": {"environment_variable": "IDP_JWKS"}}}, "rules": rule}}).to_string(),
             "field `jwt_authn.providers.idp.local_jwks.environment_variable`: environment variable `IDP_JWKS` is not set",
