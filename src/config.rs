@@ -70,7 +70,7 @@ impl FilterConfig {
             });
         let ext_authz = raw
             .ext_authz
-            .map(|x| ExtAuthz::compile(x).map_err(|e| e.under("ext_authz")))
+            .map(|x| ExtAuthz::compile(x, env).map_err(|e| e.under("ext_authz")))
             .transpose()?
             .map(|mut x| {
                 x.cache_namespace = namespace.clone();

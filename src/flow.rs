@@ -220,10 +220,22 @@ impl InFlight {
 
 /// Creates the shared-data keys that must exist before requests write
 /// them under compare-and-swap (the DPoP replay cache), once per VM at load.
-pub fn prepare_shared_data(cfg: &FilterConfig, store: &dyn SharedStore) {
+/// The decision cache's random secret is read (or created) here too.
+pub fn prepare_shared_data(cfg: &mut FilterConfig, store: &dyn SharedStore) {
     if let Some(jwt_cfg) = &cfg.jwt_authn {
         for cache in jwt_cfg.replay_caches() {
             cache.prepare(store);
+        }
+    }
+    if let Some(authz) = &mut cfg.ext_authz {
+        let namespace = authz.cache_namespace.clone();
+        if let Some(cache) = authz.decision_cache.as_mut().filter(|c| c.secret.is_none()) {
+            cache.secret = decision_cache::shared_secret(&namespace, store);
+            if cache.secret.is_none() {
+                log::error!(
+                    "ai_auth: no random bytes for the decision cache's key; the cache is off"
+                );
+            }
         }
     }
 }
@@ -351,6 +363,12 @@ fn run(
                 });
             }
         }
+    }
+    // The passthrough's claim headers: verified or gone, whatever the route.
+    if let Some(authz) = &cfg.ext_authz {
+        let ops = authz.claim_header_ops(&flight.identities);
+        flight.req.apply(&ops);
+        flight.ops.extend(ops);
     }
     if let Some(check) = model_rule.and_then(|i| model_check(cfg, i)) {
         if !flight.req.has_body() {
@@ -518,19 +536,22 @@ fn ask_auth_service(
     body: Option<(&[u8], bool)>,
     now: u64,
 ) -> (Decision, Option<InFlight>) {
-    if let Some(cache_cfg) = &authz.decision_cache {
-        let key = decision_cache::key(cache_cfg, &flight.req, body.map(|(b, _)| b));
-        if let Some(decision) =
-            decision_cache::lookup(cache_cfg, &authz.cache_namespace, store, &key, now)
-        {
-            flight.counters.push(Counter::ExtAuthzCacheHit);
-            flight.note(|| "ext_authz: cached decision".into());
-            return apply_decision(cfg, authz, flight, &decision);
-        }
-        flight.counters.push(Counter::ExtAuthzCacheMiss);
-        flight.cache_key = Some(key);
-    }
+    // The key is computed from the check request as it will be sent, so
+    // it covers everything the service is shown (issue 9.2).
     let request = authz.check_request(&flight.req, &flight.identities, body);
+    if let Some(cache_cfg) = &authz.decision_cache {
+        if let Some(key) = authz.http_cache_key(&request, &flight.req) {
+            if let Some(decision) =
+                decision_cache::lookup(cache_cfg, &authz.cache_namespace, store, &key, now)
+            {
+                flight.counters.push(Counter::ExtAuthzCacheHit);
+                flight.note(|| "ext_authz: cached decision".into());
+                return apply_decision(cfg, authz, flight, &decision);
+            }
+            flight.counters.push(Counter::ExtAuthzCacheMiss);
+            flight.cache_key = Some(key);
+        }
+    }
     (flight.decision(cfg, Step::Callout(request)), Some(flight))
 }
 

@@ -1,8 +1,15 @@
 //! The passthrough decision cache, shared by every worker VM through
 //! proxy-wasm shared data.
 //!
-//! A decision is keyed by SHA-256 of method, path, the configured headers
-//! (and the body when it is sent to the service). It lives in one of
+//! A decision is keyed by everything the auth service is shown: the check
+//! request as built and sent (its headers, including claim headers and a
+//! forwarded token, path, method, the body when sent), plus any
+//! `key_headers` of the client's request; never by a separately assembled
+//! view, which once let one caller ride on another's allow (issue 9.2).
+//! The key is HMAC-SHA256 under a secret (`key_secret`, or a random one per
+//! configuration published once in shared data so every worker VM shares
+//! the cache), so keys in shared data say nothing testable about the
+//! credentials they were computed from. It lives in one of
 //! `max_entries` slots, so the cache is bounded whatever the traffic: a new
 //! key takes its slot from the old one. Allows live `ttl`, denials
 //! `denied_ttl` (not at all when unset), both capped by the service's
@@ -12,7 +19,86 @@ use super::config::DecisionCacheConfig;
 use super::AuthDecision;
 use crate::callout::SharedStore;
 use crate::request::RequestView;
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// The key of the keyed hash naming cached decisions. `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CacheSecret([u8; 32]);
+
+impl fmt::Debug for CacheSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CacheSecret([redacted])")
+    }
+}
+
+impl CacheSecret {
+    /// From a configured `key_secret` of any length.
+    pub fn derive(text: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"ai-auth decision cache key\0");
+        h.update(text);
+        CacheSecret(h.finalize().into())
+    }
+
+    fn from_stored(bytes: &[u8]) -> Option<Self> {
+        Some(CacheSecret(bytes.try_into().ok()?))
+    }
+}
+
+/// The configuration's random secret, shared by every worker VM through
+/// shared data: the first VM to load creates it; the others read it. Two
+/// VMs loading at the same instant may both create one (shared data has no
+/// "create if absent"); the last write wins and a VM that kept the other
+/// only loses cache sharing, never correctness. `None` when no random
+/// bytes could be had (the cache is then off, and the caller logs it).
+pub fn shared_secret(namespace: &str, store: &dyn SharedStore) -> Option<CacheSecret> {
+    let key = format!("ai_auth.authz.{namespace}.secret");
+    if let Some(secret) = store.get(&key).and_then(|b| CacheSecret::from_stored(&b)) {
+        return Some(secret);
+    }
+    let mut fresh = [0u8; 32];
+    getrandom::fill(&mut fresh).ok()?;
+    store.set(&key, &fresh);
+    Some(
+        store
+            .get(&key)
+            .and_then(|b| CacheSecret::from_stored(&b))
+            .unwrap_or(CacheSecret(fresh)),
+    )
+}
+
+/// Builds a [`DecisionKey`] from length-prefixed fields, so no two
+/// different sequences of fields hash the same input.
+pub struct KeyHasher(Hmac<Sha256>);
+
+impl KeyHasher {
+    /// `transport` separates the inputs of different check transports.
+    pub fn new(secret: &CacheSecret, transport: &str) -> Option<Self> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret.0).ok()?;
+        mac.update(transport.as_bytes());
+        Some(KeyHasher(mac))
+    }
+
+    pub fn field(&mut self, bytes: &[u8]) {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    /// The `key_headers` of the client's request, then the key.
+    pub fn finish(mut self, cfg: &DecisionCacheConfig, req: &RequestView) -> DecisionKey {
+        self.field(b"\0key_headers");
+        for name in &cfg.key_headers {
+            self.field(name.as_bytes());
+            for value in req.header_values(name) {
+                self.field(value.as_bytes());
+            }
+            self.field(b"\0end");
+        }
+        DecisionKey(self.0.finalize().into_bytes().into())
+    }
+}
 
 /// Denials with a body above this are not cached (shared memory is not for bodies).
 const MAX_CACHED_BODY: usize = 4096;
@@ -143,29 +229,6 @@ mod wire {
     }
 }
 
-pub fn key(cfg: &DecisionCacheConfig, req: &RequestView, body: Option<&[u8]>) -> DecisionKey {
-    let mut h = Sha256::new();
-    // Length-prefixed fields, so no two requests can produce the same input.
-    let mut field = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    };
-    field(req.method().as_bytes());
-    field(req.path().as_bytes());
-    for name in &cfg.key_headers {
-        field(name.as_bytes());
-        for value in req.header_values(name) {
-            field(value.as_bytes());
-        }
-        field(b"\0end");
-    }
-    match body {
-        Some(b) => field(b),
-        None => field(b"\0nobody"),
-    }
-    DecisionKey(h.finalize().into())
-}
-
 fn store_key(namespace: &str, slot: usize) -> String {
     format!("ai_auth.authz.{namespace}.{slot}")
 }
@@ -235,6 +298,7 @@ mod tests {
     fn cfg(denied: u64) -> DecisionCacheConfig {
         DecisionCacheConfig {
             key_headers: vec!["authorization".into()],
+            secret: Some(CacheSecret::derive(b"test secret")),
             ttl_secs: 30,
             denied_ttl_secs: denied,
             max_entries: 16,
@@ -248,6 +312,42 @@ mod tests {
             ("authorization".into(), auth.into()),
             ("x-other".into(), "ignored".into()),
         ])
+    }
+
+    /// A key over method, path and body (as a transport would feed them).
+    fn key(c: &DecisionCacheConfig, r: &RequestView, body: Option<&[u8]>) -> DecisionKey {
+        let mut h = KeyHasher::new(c.secret.as_ref().unwrap(), "test").unwrap();
+        h.field(r.method().as_bytes());
+        h.field(r.path().as_bytes());
+        match body {
+            Some(b) => h.field(b),
+            None => h.field(b"\0nobody"),
+        }
+        h.finish(c, r)
+    }
+
+    #[test]
+    fn keys_depend_on_the_secret_and_the_transport() {
+        let (c, r) = (cfg(0), req("/a", "k1"));
+        let other = DecisionCacheConfig {
+            secret: Some(CacheSecret::derive(b"another secret")),
+            ..cfg(0)
+        };
+        assert_ne!(key(&c, &r, None), key(&other, &r, None));
+        let mut h = KeyHasher::new(c.secret.as_ref().unwrap(), "grpc").unwrap();
+        h.field(r.method().as_bytes());
+        h.field(r.path().as_bytes());
+        h.field(b"\0nobody");
+        assert_ne!(key(&c, &r, None), h.finish(&c, &r));
+        assert!(!format!("{c:?}").contains("test secret"));
+    }
+
+    #[test]
+    fn the_random_secret_is_created_once_and_shared() {
+        let store = MemoryStore::default();
+        let first = shared_secret("ns", &store).unwrap();
+        assert_eq!(shared_secret("ns", &store), Some(first.clone()));
+        assert_ne!(shared_secret("other", &store), Some(first));
     }
 
     fn allow() -> AuthDecision {

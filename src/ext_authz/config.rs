@@ -1,8 +1,11 @@
 //! The `ext_authz` section, named as Envoy's `ext_authz` with an `http_service`.
 
+use super::cache::CacheSecret;
 use crate::response::is_valid_header_value;
 use crate::route::{RawRouteMatch, RawStringMatcher, RouteMatch, StringMatcher};
-use crate::vocab::{duration, header_name, ConfigError, HttpUri, RawHttpUri};
+use crate::vocab::{
+    duration, header_name, ConfigError, DataSource, Environment, HttpUri, RawHttpUri,
+};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -10,6 +13,8 @@ use std::time::Duration;
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
 /// Envoy's default `status_on_error`.
 const DEFAULT_STATUS_ON_ERROR: u16 = 403;
+/// A configured `decision_cache.key_secret` is at least this long.
+const MIN_KEY_SECRET_BYTES: usize = 16;
 
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -117,8 +122,13 @@ struct RawRule {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawDecisionCache {
-    /// Request headers that, with method and path, identify a decision.
+    /// Request headers that separate decisions on top of everything the
+    /// service is shown (the key always covers the whole check request).
+    #[serde(default)]
     key_headers: Vec<String>,
+    /// The key of the keyed hash that names cached decisions in shared
+    /// data; a random one per configuration when unset.
+    key_secret: Option<DataSource>,
     #[serde(deserialize_with = "duration::deserialize")]
     #[cfg_attr(
         feature = "schema",
@@ -166,6 +176,9 @@ impl HeaderList {
 #[derive(Debug)]
 pub struct DecisionCacheConfig {
     pub key_headers: Vec<String>,
+    /// From `key_secret`; `None`: the random secret of the configuration,
+    /// set by `prepare_shared_data` (see `cache`).
+    pub secret: Option<CacheSecret>,
     pub ttl_secs: u64,
     pub denied_ttl_secs: u64,
     pub max_entries: usize,
@@ -206,7 +219,7 @@ pub struct ExtAuthz {
 }
 
 impl ExtAuthz {
-    pub fn compile(raw: RawExtAuthz) -> Result<Self, ConfigError> {
+    pub fn compile(raw: RawExtAuthz, env: &dyn Environment) -> Result<Self, ConfigError> {
         let svc = raw.http_service;
         let server_uri = HttpUri::compile(svc.server_uri, DEFAULT_TIMEOUT)
             .map_err(|e| e.under("http_service.server_uri"))?;
@@ -298,8 +311,24 @@ impl ExtAuthz {
                         "must be at least one second",
                     ));
                 }
+                let secret = match c.key_secret {
+                    None => None,
+                    Some(source) => {
+                        let text = source
+                            .read(env)
+                            .map_err(|e| e.under("decision_cache.key_secret"))?;
+                        if text.len() < MIN_KEY_SECRET_BYTES {
+                            return Err(ConfigError::new(
+                                "decision_cache.key_secret",
+                                format!("must be at least {MIN_KEY_SECRET_BYTES} bytes"),
+                            ));
+                        }
+                        Some(CacheSecret::derive(text.as_bytes()))
+                    }
+                };
                 Some(DecisionCacheConfig {
                     key_headers,
+                    secret,
                     ttl_secs: c.ttl.as_secs(),
                     denied_ttl_secs: c.denied_ttl.map_or(0, |d| d.as_secs()),
                     max_entries,

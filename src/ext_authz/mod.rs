@@ -12,6 +12,7 @@ use crate::jwt::Identity;
 use crate::request::RequestView;
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
+use cache::{DecisionKey, KeyHasher};
 pub use config::ExtAuthz;
 
 /// Header Envoy's `ext_authz` adds when an auth-service error was let through.
@@ -176,6 +177,44 @@ impl ExtAuthz {
             body,
             timeout: self.server_uri.timeout,
         }
+    }
+
+    /// The decision-cache key of a check request as it will be sent: every
+    /// header (names in order, the values of one name in theirs), the
+    /// cluster and the body, then the configured `key_headers` of the
+    /// client's request. `None` when the cache is off or has no secret.
+    pub fn http_cache_key(&self, check: &CalloutRequest, req: &RequestView) -> Option<DecisionKey> {
+        let cfg = self.decision_cache.as_ref()?;
+        let mut h = KeyHasher::new(cfg.secret.as_ref()?, "http")?;
+        h.field(check.cluster.as_bytes());
+        let mut headers: Vec<&(String, String)> = check.headers.iter().collect();
+        headers.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, value) in headers {
+            h.field(name.as_bytes());
+            h.field(value.as_bytes());
+        }
+        h.field(b"\0body");
+        h.field(&check.body);
+        Some(h.finish(cfg, req))
+    }
+
+    /// The claim headers of the passthrough on the client's request: the
+    /// verified claim's value, or removed when the claim is absent, so a
+    /// client-sent header of that name never goes on (as the JWT stage's
+    /// own claim headers).
+    pub fn claim_header_ops(&self, identities: &[Identity]) -> Vec<HeaderOp> {
+        self.claims_to_headers
+            .iter()
+            .map(|(name, path)| {
+                match identities
+                    .iter()
+                    .find_map(|id| id.claims.lookup(path).and_then(header_value))
+                {
+                    Some(value) => HeaderOp::set(name.clone(), value),
+                    None => HeaderOp::remove(name.clone()),
+                }
+            })
+            .collect()
     }
 
     /// Maps the auth service's reply to a decision: 2xx allows, 3xx and 4xx

@@ -6,7 +6,10 @@ use serde_json::{json, Value};
 
 fn config(authz: Value) -> FilterConfig {
     let bytes = serde_json::to_vec(&json!({ "ext_authz": authz })).unwrap();
-    FilterConfig::from_json(&bytes, &|_: &str| None).unwrap_or_else(|e| panic!("{e}"))
+    let mut cfg =
+        FilterConfig::from_json(&bytes, &|_: &str| None).unwrap_or_else(|e| panic!("{e}"));
+    flow::prepare_shared_data(&mut cfg, &MemoryStore::default());
+    cfg
 }
 
 fn base(extra: Value) -> Value {
@@ -468,4 +471,65 @@ fn a_denial_keeps_the_services_body_and_an_empty_one_gets_ours() {
     // A redirect without a body stays as the service sent it.
     let redirect = resolve(reply(302, &[("location", "/login")], ""));
     assert!(redirect.body.is_empty() && redirect.error.is_none());
+}
+
+#[test]
+fn the_cache_key_covers_everything_the_service_is_shown() {
+    // No key_headers at all: the key still separates whatever the check
+    // request carries (issue 9.2).
+    let cfg = config(base(json!({"decision_cache": {"ttl": "30s"}})));
+    let authz = cfg.ext_authz.as_ref().unwrap();
+    let key = |headers: &[(&str, &str)], body: Option<(&[u8], bool)>| {
+        let r = req(headers);
+        let check = authz.check_request(&r, &[], body);
+        authz.http_cache_key(&check, &r).unwrap()
+    };
+    let base_key = key(&[("authorization", "Bearer a")], None);
+    assert_eq!(base_key, key(&[("authorization", "Bearer a")], None));
+    assert_ne!(base_key, key(&[("authorization", "Bearer b")], None));
+    assert_ne!(
+        base_key,
+        key(&[("authorization", "Bearer a"), ("x-api-key", "k")], None)
+    );
+    assert_ne!(
+        base_key,
+        key(&[("authorization", "Bearer a"), ("x-tenant-id", "t")], None)
+    );
+    assert_ne!(
+        base_key,
+        key(&[("authorization", "Bearer a")], Some((b"{}", false)))
+    );
+    assert_ne!(
+        key(&[], Some((b"{}", false))),
+        key(&[], Some((b"{}", true))),
+        "a cut body is another check"
+    );
+    // Headers the service is not shown do not split decisions.
+    assert_eq!(
+        base_key,
+        key(&[("authorization", "Bearer a"), ("cookie", "c")], None)
+    );
+    // The order of different headers does not matter; the values of one do.
+    assert_eq!(
+        key(&[("x-api-key", "k"), ("x-tenant-id", "t")], None),
+        key(&[("x-tenant-id", "t"), ("x-api-key", "k")], None)
+    );
+}
+
+#[test]
+fn a_configured_key_secret_is_read_and_checked() {
+    let with = |secret: Value| {
+        let bytes = serde_json::to_vec(&json!({ "ext_authz": base(json!({"decision_cache": {"ttl": "30s", "key_secret": secret}})) })).unwrap();
+        FilterConfig::from_json(&bytes, &|name: &str| {
+            (name == "CACHE_SECRET").then(|| "0123456789abcdef0123".to_string())
+        })
+    };
+    let cfg = with(json!({"environment_variable": "CACHE_SECRET"})).unwrap();
+    let cache = cfg.ext_authz.unwrap().decision_cache.unwrap();
+    assert!(cache.secret.is_some());
+    assert!(!format!("{cache:?}").contains("0123456789"));
+    let e = with(json!({"inline_string": "short"})).unwrap_err();
+    assert!(e.to_string().contains("decision_cache.key_secret"), "{e}");
+    let e = with(json!({"environment_variable": "UNSET"})).unwrap_err();
+    assert!(e.to_string().contains("decision_cache.key_secret"), "{e}");
 }

@@ -104,7 +104,7 @@ impl Root {
                 return false;
             }
         };
-        let config = match FilterConfig::from_json(&bytes, &ProcessEnvironment) {
+        let mut config = match FilterConfig::from_json(&bytes, &ProcessEnvironment) {
             Ok(c) => c,
             Err(e) => {
                 // One line naming the field and the reason; Envoy refuses the filter.
@@ -117,7 +117,7 @@ impl Root {
             .map(|c| hostcalls::define_counter(&format!("{}.{}", stats::PREFIX, c.name())).ok())
             .collect();
         let state = RefCell::new(WorkerState::new(&config));
-        flow::prepare_shared_data(&config, &hostcalls::SharedData);
+        flow::prepare_shared_data(&mut config, &hostcalls::SharedData);
         let fetcher = config
             .jwt_authn
             .as_ref()

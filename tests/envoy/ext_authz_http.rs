@@ -621,3 +621,171 @@ fn a_misbehaving_auth_service_gets_the_error_answer_and_the_vm_keeps_serving() {
     let failures = vm_failure_lines(&log);
     assert!(failures.is_empty(), "the VM failed: {failures:#?}");
 }
+
+/// Issue 9.2: the decision cache never gives one caller another's decision,
+/// whichever way identity reaches the service (claim headers, the forwarded
+/// token, an API key header, the body), and still serves the same caller.
+/// Also: a client-sent claim header never reaches the upstream unverified.
+#[test]
+fn the_decision_cache_never_serves_one_callers_decision_to_another() {
+    let key = TestKey::ed25519("k");
+    let token_of = |sub: &str| key.sign(&claims_with(json!({ "sub": sub })));
+    let tokens: Vec<(String, String)> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|who| (who.to_string(), token_of(who)))
+        .collect();
+    let jwt = |forward: bool| {
+        json!({
+            "providers": {"idp": {"issuer": ISS, "audiences": [AUD], "forward": forward,
+                "local_jwks": {"inline_string": jwks(&[&key]).to_string()}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+        })
+    };
+    // The README's cache: keyed on x-api-key, which none of these callers
+    // sends except on the listener that identifies callers by it.
+    let cache =
+        json!({"key_headers": ["x-api-key"], "ttl": "60s", "denied_ttl": "60s", "max_entries": 64});
+    let mut claims_l = authz(
+        "ext_authz",
+        json!({"decision_cache": cache,
+               "claims_to_headers": [{"claim_name": "sub", "header_name": "x-verified-sub"}]}),
+    );
+    claims_l["jwt_authn"] = jwt(false);
+    let mut token_l = authz("ext_authz", json!({"decision_cache": cache}));
+    token_l["jwt_authn"] = jwt(true);
+    let apikey_cache =
+        json!({"key_headers": ["x-tenant"], "ttl": "60s", "denied_ttl": "60s", "max_entries": 64});
+    let apikey_l = authz("ext_authz", json!({"decision_cache": apikey_cache}));
+    let mut body_l = body_authz(json!({"max_request_bytes": 1024}));
+    body_l["ext_authz"]["decision_cache"] = cache.clone();
+    let s = Setup::start(vec![
+        ("claims", claims_l),
+        ("token", token_l),
+        ("apikey", apikey_l),
+        ("body", body_l),
+    ]);
+    // The service names the caller from whatever it was shown; alice and
+    // carol are allowed (each with her own x-user-id), bob is not.
+    let by_token = tokens.clone();
+    s.auth.set_handler(move |r| {
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        let who = r
+            .header("x-verified-sub")
+            .map(str::to_string)
+            .or_else(|| {
+                let auth = r.header("authorization")?;
+                by_token
+                    .iter()
+                    .find(|(_, t)| auth == format!("Bearer {t}"))
+                    .map(|(w, _)| w.clone())
+            })
+            .or_else(|| {
+                r.header("x-api-key")
+                    .map(|k| k.trim_start_matches("key-").to_string())
+            })
+            .or_else(|| {
+                ["alice", "bob", "carol"]
+                    .iter()
+                    .find(|w| body.contains(&format!("\"user\":\"{w}\"")))
+                    .map(|w| w.to_string())
+            });
+        match who.as_deref() {
+            Some(w @ ("alice" | "carol")) => Action::status(200).with_header("x-user-id", w),
+            None if r.path.starts_with("/check/v1/anon") => Action::status(200),
+            _ => Action::status(403),
+        }
+    });
+    let mut wrong = Vec::new();
+    // A client-sent header named like a claim header: overwritten by the
+    // verified claim, removed when the claim is absent, before the service
+    // and before the upstream.
+    let mut spoof = |path: &str, token: &str, sent: &str, want: Option<&str>| {
+        let r = s.get(
+            "claims",
+            path,
+            &[("authorization", &bearer(token)), ("x-verified-sub", sent)],
+        );
+        let service = s
+            .auth
+            .last()
+            .unwrap()
+            .headers_named("x-verified-sub")
+            .join(",");
+        let upstream = s
+            .upstream
+            .last()
+            .map(|u| u.headers_named("x-verified-sub").join(","));
+        let seen = format!(
+            "client sent x-verified-sub {sent:?} (claim {want:?}): {} service saw {service:?}, upstream saw {upstream:?}",
+            r.status
+        );
+        if r.status != 200
+            || service != want.unwrap_or("")
+            || upstream.as_deref() != Some(want.unwrap_or(""))
+        {
+            wrong.push(seen.clone());
+        }
+        eprintln!("observed: {seen}");
+    };
+    s.upstream.clear();
+    spoof("/v1/models", &tokens[0].1, "mallory", Some("alice"));
+    let no_sub = key.sign(&claims_with(json!({"sub": null})));
+    s.upstream.clear();
+    spoof("/v1/anon", &no_sub, "alice", None);
+    let mut observed = Vec::new();
+    for listener in ["claims", "token", "apikey", "body"] {
+        let asked_before = s.auth.count();
+        let mut seen_here = Vec::new();
+        for (who, token) in &tokens {
+            for round in 0..2 {
+                let bearer_token = bearer(token);
+                let api_key = format!("key-{who}");
+                let body = format!("{{\"user\":\"{who}\",\"n\":1}}");
+                s.upstream.clear();
+                let r = match listener {
+                    "claims" | "token" => s.get(
+                        listener,
+                        "/v1/chat/completions",
+                        &[("authorization", &bearer_token)],
+                    ),
+                    "apikey" => s.get(listener, "/v1/chat/completions", &[("x-api-key", &api_key)]),
+                    _ => http::request(
+                        s.envoy.port(listener),
+                        "POST",
+                        "/v1/chat/completions",
+                        &[("content-type", "application/json")],
+                        body.as_bytes(),
+                    )
+                    .unwrap(),
+                };
+                let user_id = s
+                    .upstream
+                    .last()
+                    .map(|u| u.headers_named("x-user-id").join(","))
+                    .unwrap_or_default();
+                seen_here.push(format!("{who}#{round}={} x-user-id={user_id:?}", r.status));
+                let allowed = who != "bob";
+                if r.status != if allowed { 200 } else { 403 } {
+                    wrong.push(format!("{listener}: {who} round {round} got {}", r.status));
+                }
+                // Body mode edits no request header after the answer.
+                if allowed && r.status == 200 && listener != "body" && user_id != *who {
+                    wrong.push(format!(
+                        "{listener}: {who} round {round} reached the upstream as {user_id:?}"
+                    ));
+                }
+            }
+        }
+        let asked = s.auth.count() - asked_before;
+        observed.push(format!(
+            "{listener}: {seen_here:?}; service asked {asked} times for 6 requests"
+        ));
+        if asked != 3 {
+            wrong.push(format!(
+                "{listener}: service asked {asked} times, want 3 (one per caller, repeats cached)"
+            ));
+        }
+    }
+    eprintln!("observed: {observed:#?}");
+    assert!(wrong.is_empty(), "{wrong:#?}\n{observed:#?}");
+}
