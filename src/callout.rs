@@ -13,6 +13,32 @@ pub struct CalloutRequest {
     pub timeout: Duration,
 }
 
+/// A unary gRPC call, as the proxy-wasm host sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// The Envoy cluster, for logs.
+    pub cluster: String,
+    /// What the host takes as the call's target: a serialized
+    /// `envoy.config.core.v3.GrpcService` (cluster and `:authority`).
+    pub upstream: Vec<u8>,
+    pub service: String,
+    pub method: String,
+    pub initial_metadata: Vec<(String, String)>,
+    /// The serialized request message.
+    pub message: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// How a gRPC call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcReply {
+    /// The reply message (status OK).
+    Message(Vec<u8>),
+    /// A non-OK status: timeout, unavailable, unknown cluster, an error
+    /// from the service... `message` is remote text: quote it to log it.
+    Failed { code: u32, message: String },
+}
+
 /// A reply; `status` is `None` when there was no valid HTTP answer
 /// (timeout, reset, connection refused, a reply that was not HTTP, a status
 /// outside 100-599 or not a number): every caller handles that as a failed

@@ -18,13 +18,13 @@
 //! answers. Put Envoy's `envoy.filters.http.buffer` after this filter so the
 //! upstream sees nothing before the decision (the shipped configs do).
 
-use crate::callout::{CalloutRequest, CalloutResponse, SharedStore};
+use crate::callout::{CalloutRequest, CalloutResponse, GrpcCall, GrpcReply, SharedStore};
 use crate::config::FilterConfig;
 use crate::credentials::aws::PendingSignature;
 use crate::credentials::fetch::Lease;
 use crate::credentials::{CredentialOutcome, BACKEND_PROPERTY};
 use crate::ext_authz::cache::{self as decision_cache, DecisionKey};
-use crate::ext_authz::{AuthDecision, ErrorKind, ExtAuthz, Verdict};
+use crate::ext_authz::{AuthDecision, Check, ErrorKind, ExtAuthz, Verdict, METADATA_PROPERTY};
 use crate::introspection::{Answer, Fresh, Learnt, TokenDigest};
 use crate::jwt::error::JwtError;
 use crate::jwt::keys::KeySet;
@@ -52,6 +52,8 @@ pub enum Step {
     },
     /// Hold the request, send this callout, then call [`on_callout_response`].
     Callout(CalloutRequest),
+    /// Hold the request, send this gRPC call, then call [`on_grpc_response`].
+    GrpcCall(GrpcCall),
     /// Hold the request until the remote keys it needs are loaded (or a
     /// deadline passes), then call [`on_keys_loaded`]. With the decision's
     /// `jwks_refresh` set, the keys lack the token's `kid`: refetch those
@@ -536,23 +538,25 @@ fn ask_auth_service(
     body: Option<(&[u8], bool)>,
     now: u64,
 ) -> (Decision, Option<InFlight>) {
-    // The key is computed from the check request as it will be sent, so
-    // it covers everything the service is shown (issue 9.2).
-    let request = authz.check_request(&flight.req, &flight.identities, body);
-    if let Some(cache_cfg) = &authz.decision_cache {
-        if let Some(key) = authz.http_cache_key(&request, &flight.req) {
-            if let Some(decision) =
-                decision_cache::lookup(cache_cfg, &authz.cache_namespace, store, &key, now)
-            {
-                flight.counters.push(Counter::ExtAuthzCacheHit);
-                flight.note(|| "ext_authz: cached decision".into());
-                return apply_decision(cfg, authz, flight, &decision);
-            }
-            flight.counters.push(Counter::ExtAuthzCacheMiss);
-            flight.cache_key = Some(key);
+    // The key is computed from the check as it will be sent, so it covers
+    // everything the service is shown (issue 9.2).
+    let (check, key) = authz.check(&flight.req, &flight.identities, body, now);
+    if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, key) {
+        if let Some(decision) =
+            decision_cache::lookup(cache_cfg, &authz.cache_namespace, store, &key, now)
+        {
+            flight.counters.push(Counter::ExtAuthzCacheHit);
+            flight.note(|| "ext_authz: cached decision".into());
+            return apply_decision(cfg, authz, flight, &decision);
         }
+        flight.counters.push(Counter::ExtAuthzCacheMiss);
+        flight.cache_key = Some(key);
     }
-    (flight.decision(cfg, Step::Callout(request)), Some(flight))
+    let step = match check {
+        Check::Http(request) => Step::Callout(request),
+        Check::Grpc(call) => Step::GrpcCall(call),
+    };
+    (flight.decision(cfg, step), Some(flight))
 }
 
 /// A callout's reply (or its absence: `status: None`): the introspection
@@ -681,7 +685,7 @@ fn on_auth_service_response(
     let Some(authz) = &cfg.ext_authz else {
         return finish_owned(cfg, flight);
     };
-    let decision = authz.decide(&reply);
+    let decision = authz.http_decide(&reply);
     if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, &flight.cache_key) {
         decision_cache::remember(
             cache_cfg,
@@ -695,6 +699,40 @@ fn on_auth_service_response(
     }
     let status = reply.status.map_or("none".to_string(), |s| s.to_string());
     flight.note(|| format!("ext_authz: service status={status}"));
+    apply_decision(cfg, authz, flight, &decision)
+}
+
+/// The auth service's gRPC answer (or the call's failure).
+pub fn on_grpc_response(
+    cfg: &FilterConfig,
+    store: &dyn SharedStore,
+    mut flight: InFlight,
+    reply: GrpcReply,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    flight.now = now;
+    let Some(authz) = &cfg.ext_authz else {
+        return finish_owned(cfg, flight);
+    };
+    let decision = authz.grpc_decide(&reply);
+    if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, &flight.cache_key) {
+        decision_cache::remember(
+            cache_cfg,
+            &authz.cache_namespace,
+            store,
+            key,
+            &decision,
+            None,
+            now,
+        );
+    }
+    flight.note(|| match &reply {
+        GrpcReply::Message(m) => format!("ext_authz: gRPC reply of {} bytes", m.len()),
+        GrpcReply::Failed { code, message } => format!(
+            "ext_authz: gRPC call failed: status {code} {}",
+            crate::vocab::quote(message)
+        ),
+    });
     apply_decision(cfg, authz, flight, &decision)
 }
 
@@ -736,8 +774,12 @@ fn apply_decision(
         Verdict::Allowed {
             ops,
             client_headers,
+            metadata,
         } => {
             flight.note(|| "ext_authz: allowed".into());
+            if let Some(m) = metadata {
+                flight.properties.push((METADATA_PROPERTY, m));
+            }
             if flight.headers_released {
                 // Body mode: the edits were made before the headers went on
                 // (the configuration refuses what could only be done now,

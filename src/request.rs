@@ -22,6 +22,8 @@ pub struct RequestView {
     /// Hex SHA-256 of the downstream TLS client certificate, when the host
     /// was asked for it and the connection presented one.
     peer_certificate_sha256: Option<String>,
+    /// Addresses and protocol, when the host was asked for them (gRPC checks).
+    connection: crate::ext_authz::grpc::Connection,
 }
 
 impl RequestView {
@@ -145,6 +147,14 @@ impl RequestView {
         self.peer_certificate_sha256 = digest.filter(|d| !d.is_empty());
     }
 
+    pub fn set_connection(&mut self, connection: crate::ext_authz::grpc::Connection) {
+        self.connection = connection;
+    }
+
+    pub fn connection(&self) -> &crate::ext_authz::grpc::Connection {
+        &self.connection
+    }
+
     pub fn peer_certificate_sha256(&self) -> Option<&str> {
         self.peer_certificate_sha256.as_deref()
     }
@@ -249,6 +259,47 @@ pub fn path_without_params(path: &str, names: &[&str]) -> Option<String> {
         out.push_str(f);
     }
     Some(out)
+}
+
+/// Percent-encodes what may not stand as it is in a query name or value.
+fn query_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$'()*+,;:@/?".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `path` with the parameters of `remove` gone, then each of `set`
+/// replacing every parameter of its name (added at the end when absent),
+/// as Envoy's `ext_authz` applies `query_parameters_to_remove` and
+/// `_to_set`. Names compare decoded; what is set is escaped.
+pub fn path_with_query_edits(path: &str, set: &[(String, String)], remove: &[String]) -> String {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut names: Vec<&str> = remove.iter().map(String::as_str).collect();
+    names.extend(set.iter().map(|(k, _)| k.as_str()));
+    let mut pairs: Vec<String> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !names.contains(&percent_decoded(key).as_ref())
+        })
+        .map(str::to_string)
+        .collect();
+    for (k, v) in set {
+        pairs.push(format!("{}={}", query_escaped(k), query_escaped(v)));
+    }
+    let mut out = base.to_string();
+    if !pairs.is_empty() {
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
 }
 
 /// Rebuilds a `Cookie` header value without the named cookies.

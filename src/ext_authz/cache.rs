@@ -116,12 +116,13 @@ impl DecisionKey {
 
 /// A compact binary form of an entry: serde_json cost several µs per hit in
 /// the VM. Layout: version, key (32), expiry (u64 LE), then the decision:
-/// `0` allow with three header lists, or `1` deny with status, headers, body.
+/// `0` allow with its header lists, query edits and metadata, or `1` deny
+/// with status, headers, body.
 /// Strings and lists are u16/u32-length-prefixed; decoding checks every bound.
 mod wire {
-    use super::super::AuthDecision;
+    use super::super::{Allowed, AuthDecision};
 
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 
     fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Option<()> {
         out.extend_from_slice(&u32::try_from(b.len()).ok()?.to_le_bytes());
@@ -144,15 +145,32 @@ mod wire {
         out.extend_from_slice(key);
         out.extend_from_slice(&expires_at.to_le_bytes());
         match decision {
-            AuthDecision::Allow {
-                upstream_set,
-                upstream_append,
-                client,
-            } => {
+            AuthDecision::Allow(a) => {
                 out.push(0);
-                put_headers(&mut out, upstream_set)?;
-                put_headers(&mut out, upstream_append)?;
-                put_headers(&mut out, client)?;
+                for list in [
+                    &a.upstream_set,
+                    &a.upstream_append,
+                    &a.upstream_append_existing,
+                    &a.upstream_add_if_absent,
+                    &a.upstream_overwrite_if_exists,
+                    &a.client,
+                    &a.query_set,
+                ] {
+                    put_headers(&mut out, list)?;
+                }
+                for list in [&a.upstream_remove, &a.query_remove] {
+                    out.extend_from_slice(&u16::try_from(list.len()).ok()?.to_le_bytes());
+                    for name in list {
+                        put_bytes(&mut out, name.as_bytes())?;
+                    }
+                }
+                match &a.metadata {
+                    Some(m) => {
+                        out.push(1);
+                        put_bytes(&mut out, m.as_bytes())?;
+                    }
+                    None => out.push(0),
+                }
             }
             AuthDecision::Deny {
                 status,
@@ -196,6 +214,10 @@ mod wire {
         fn string(&mut self) -> Option<String> {
             String::from_utf8(self.bytes()?.to_vec()).ok()
         }
+        fn names(&mut self) -> Option<Vec<String>> {
+            let n = self.u16()?;
+            (0..n).map(|_| self.string()).collect()
+        }
         fn headers(&mut self) -> Option<Vec<(String, String)>> {
             let n = self.u16()?;
             (0..n)
@@ -213,11 +235,22 @@ mod wire {
         }
         let expires_at = r.u64()?;
         let decision = match r.u8()? {
-            0 => AuthDecision::Allow {
+            0 => AuthDecision::Allow(Allowed {
                 upstream_set: r.headers()?,
                 upstream_append: r.headers()?,
+                upstream_append_existing: r.headers()?,
+                upstream_add_if_absent: r.headers()?,
+                upstream_overwrite_if_exists: r.headers()?,
                 client: r.headers()?,
-            },
+                query_set: r.headers()?,
+                upstream_remove: r.names()?,
+                query_remove: r.names()?,
+                metadata: match r.u8()? {
+                    0 => None,
+                    1 => Some(r.string()?),
+                    _ => return None,
+                },
+            }),
             1 => AuthDecision::Deny {
                 status: r.u16()?,
                 headers: r.headers()?,
@@ -231,6 +264,12 @@ mod wire {
 
 fn store_key(namespace: &str, slot: usize) -> String {
     format!("ai_auth.authz.{namespace}.{slot}")
+}
+
+/// The wire form, for the stage's tests.
+#[cfg(test)]
+pub mod tests_support {
+    pub use super::wire::{decode, encode};
 }
 
 pub fn lookup(
@@ -272,7 +311,7 @@ pub fn remember(
     now: u64,
 ) -> bool {
     let ttl = match decision {
-        AuthDecision::Allow { .. } => cfg.ttl_secs,
+        AuthDecision::Allow(_) => cfg.ttl_secs,
         AuthDecision::Deny { body, .. } if body.len() <= MAX_CACHED_BODY => cfg.denied_ttl_secs,
         AuthDecision::Deny { .. } | AuthDecision::Error(_) => 0,
     };
@@ -351,11 +390,10 @@ mod tests {
     }
 
     fn allow() -> AuthDecision {
-        AuthDecision::Allow {
+        AuthDecision::Allow(crate::ext_authz::Allowed {
             upstream_set: vec![("x-user-id".into(), "42".into())],
-            upstream_append: vec![],
-            client: vec![],
-        }
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -430,7 +468,19 @@ mod tests {
             headers: vec![("location".into(), "/login".into())],
             body: b"\x00\xffbody".to_vec(),
         };
-        for d in [allow(), deny] {
+        let full = AuthDecision::Allow(crate::ext_authz::Allowed {
+            upstream_set: vec![("a".into(), "1".into())],
+            upstream_append: vec![("b".into(), "2".into())],
+            upstream_append_existing: vec![("c".into(), "3".into())],
+            upstream_add_if_absent: vec![("d".into(), "4".into())],
+            upstream_overwrite_if_exists: vec![("e".into(), "5".into())],
+            upstream_remove: vec!["f".into()],
+            client: vec![("g".into(), "7".into())],
+            query_set: vec![("h".into(), "8".into())],
+            query_remove: vec!["i".into()],
+            metadata: Some("{\"j\":9}".into()),
+        });
+        for d in [allow(), deny, full] {
             let bytes = wire::encode(&key, 42, &d).unwrap();
             assert_eq!(wire::decode(&bytes, &key), Some((42, d.clone())));
             assert_eq!(wire::decode(&bytes, &[8u8; 32]), None, "another key");

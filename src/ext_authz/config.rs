@@ -1,4 +1,5 @@
-//! The `ext_authz` section, named as Envoy's `ext_authz` with an `http_service`.
+//! The `ext_authz` section, named as Envoy's `ext_authz` with an
+//! `http_service` or a `grpc_service`.
 
 use super::cache::CacheSecret;
 use crate::response::is_valid_header_value;
@@ -7,6 +8,7 @@ use crate::vocab::{
     duration, header_name, ConfigError, DataSource, Environment, HttpUri, RawHttpUri,
 };
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Envoy's default `ext_authz` timeout.
@@ -20,7 +22,12 @@ const MIN_KEY_SECRET_BYTES: usize = 16;
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawExtAuthz {
-    http_service: RawHttpService,
+    http_service: Option<RawHttpService>,
+    grpc_service: Option<RawGrpcService>,
+    /// Sent in every gRPC check (`AttributeContext.context_extensions`);
+    /// a matching rule's own are merged over them.
+    #[serde(default)]
+    context_extensions: BTreeMap<String, String>,
     #[serde(default)]
     failure_mode_allow: bool,
     #[serde(default)]
@@ -45,6 +52,31 @@ struct RawHttpService {
     path_prefix: String,
     authorization_request: Option<RawAuthorizationRequest>,
     authorization_response: Option<RawAuthorizationResponse>,
+}
+
+/// Envoy's `GrpcService` with an `envoy_grpc` target.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawGrpcService {
+    envoy_grpc: RawEnvoyGrpc,
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<crate::vocab::duration::RawDuration>")
+    )]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    initial_metadata: Vec<RawHeaderValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawEnvoyGrpc {
+    cluster_name: String,
+    #[serde(default)]
+    authority: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +130,9 @@ struct RawBufferSettings {
     max_request_bytes: usize,
     #[serde(default)]
     allow_partial_message: bool,
+    /// gRPC: the body as `raw_body` bytes instead of the `body` string.
+    #[serde(default)]
+    pack_as_bytes: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +151,8 @@ struct RawRule {
     route: RawRouteMatch,
     #[serde(default)]
     disabled: bool,
+    #[serde(default)]
+    context_extensions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,14 +225,46 @@ pub struct DecisionCacheConfig {
 pub struct BodyPolicy {
     pub max_bytes: usize,
     pub allow_partial: bool,
+    pub pack_as_bytes: bool,
+}
+
+/// Where checks go over HTTP.
+#[derive(Debug)]
+pub struct HttpSettings {
+    /// Its authority is the `:authority` of a check for a request that has none.
+    pub server_uri: HttpUri,
+    pub path_prefix: String,
+}
+
+/// Where checks go over gRPC.
+#[derive(Debug)]
+pub struct GrpcSettings {
+    pub cluster: String,
+    /// `:authority` of the calls; empty: the cluster name (Envoy's default).
+    pub authority: String,
+    pub timeout: Duration,
+    pub initial_metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Transport {
+    Http(HttpSettings),
+    Grpc(GrpcSettings),
+}
+
+/// A per-route rule, first match wins.
+#[derive(Debug)]
+pub struct Rule {
+    pub route: RouteMatch,
+    pub disabled: bool,
+    pub context_extensions: BTreeMap<String, String>,
 }
 
 #[derive(Debug)]
 pub struct ExtAuthz {
-    /// Where checks go; its authority is the `:authority` of a check for a
-    /// request that has none.
-    pub server_uri: HttpUri,
-    pub path_prefix: String,
+    pub transport: Transport,
+    /// The `http_service` lists below are empty for gRPC, whose service
+    /// says per answer what to do with which header.
     pub allowed_headers: HeaderList,
     pub headers_to_add: Vec<(String, String)>,
     pub upstream_headers: HeaderList,
@@ -211,7 +280,8 @@ pub struct ExtAuthz {
     /// (impossible once the headers are released for a body check).
     pub answer_edits_headers: Option<String>,
     pub claims_to_headers: Vec<(String, Vec<String>)>,
-    pub rules: Vec<(RouteMatch, bool)>,
+    pub rules: Vec<Rule>,
+    pub context_extensions: BTreeMap<String, String>,
     pub decision_cache: Option<DecisionCacheConfig>,
     /// Separates this plugin's cached decisions from another plugin's in the
     /// same VM (set from a hash of the whole plugin configuration).
@@ -220,17 +290,43 @@ pub struct ExtAuthz {
 
 impl ExtAuthz {
     pub fn compile(raw: RawExtAuthz, env: &dyn Environment) -> Result<Self, ConfigError> {
-        let svc = raw.http_service;
-        let server_uri = HttpUri::compile(svc.server_uri, DEFAULT_TIMEOUT)
-            .map_err(|e| e.under("http_service.server_uri"))?;
-        if !svc.path_prefix.is_empty() && !svc.path_prefix.starts_with('/') {
+        let (transport, req, resp) = match (raw.http_service, raw.grpc_service) {
+            (Some(svc), None) => {
+                let server_uri = HttpUri::compile(svc.server_uri, DEFAULT_TIMEOUT)
+                    .map_err(|e| e.under("http_service.server_uri"))?;
+                if !svc.path_prefix.is_empty() && !svc.path_prefix.starts_with('/') {
+                    return Err(ConfigError::new(
+                        "http_service.path_prefix",
+                        "must start with `/`",
+                    ));
+                }
+                (
+                    Transport::Http(HttpSettings {
+                        server_uri,
+                        path_prefix: svc.path_prefix,
+                    }),
+                    svc.authorization_request.unwrap_or_default(),
+                    svc.authorization_response.unwrap_or_default(),
+                )
+            }
+            (None, Some(svc)) => (
+                Transport::Grpc(GrpcSettings::compile(svc)?),
+                RawAuthorizationRequest::default(),
+                RawAuthorizationResponse::default(),
+            ),
+            _ => {
+                return Err(ConfigError::new(
+                    "",
+                    "exactly one of http_service, grpc_service must be set",
+                ))
+            }
+        };
+        if !raw.context_extensions.is_empty() && matches!(transport, Transport::Http(_)) {
             return Err(ConfigError::new(
-                "http_service.path_prefix",
-                "must start with `/`",
+                "context_extensions",
+                "only a grpc_service check carries context_extensions",
             ));
         }
-        let req = svc.authorization_request.unwrap_or_default();
-        let resp = svc.authorization_response.unwrap_or_default();
         let rq = "http_service.authorization_request";
         let rs = "http_service.authorization_response";
         let mut headers_to_add = Vec::new();
@@ -268,6 +364,7 @@ impl ExtAuthz {
             Some(b) => Some(BodyPolicy {
                 max_bytes: b.max_request_bytes,
                 allow_partial: b.allow_partial_message,
+                pack_as_bytes: b.pack_as_bytes,
             }),
         };
         let mut claims_to_headers = Vec::new();
@@ -285,11 +382,19 @@ impl ExtAuthz {
             ));
         }
         let mut rules = Vec::new();
-        for (i, r) in raw.rules.iter().enumerate() {
-            rules.push((
-                RouteMatch::compile(&r.route).map_err(|e| e.under(&format!("rules[{i}].match")))?,
-                r.disabled,
-            ));
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            if !r.context_extensions.is_empty() && matches!(transport, Transport::Http(_)) {
+                return Err(ConfigError::new(
+                    format!("rules[{i}].context_extensions"),
+                    "only a grpc_service check carries context_extensions",
+                ));
+            }
+            rules.push(Rule {
+                route: RouteMatch::compile(&r.route)
+                    .map_err(|e| e.under(&format!("rules[{i}].match")))?,
+                disabled: r.disabled,
+                context_extensions: r.context_extensions,
+            });
         }
         let decision_cache = match raw.decision_cache {
             None => None,
@@ -364,8 +469,8 @@ impl ExtAuthz {
         }
         Ok(ExtAuthz {
             answer_edits_headers,
-            server_uri,
-            path_prefix: svc.path_prefix,
+            transport,
+            context_extensions: raw.context_extensions,
             allowed_headers: HeaderList::compile(
                 req.allowed_headers,
                 &format!("{rq}.allowed_headers"),
@@ -391,6 +496,44 @@ impl ExtAuthz {
             rules,
             decision_cache,
             cache_namespace: String::new(),
+        })
+    }
+}
+
+impl GrpcSettings {
+    fn compile(raw: RawGrpcService) -> Result<Self, ConfigError> {
+        let field = "grpc_service";
+        if raw.envoy_grpc.cluster_name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.envoy_grpc.cluster_name"),
+                "must name an Envoy cluster (with HTTP/2)",
+            ));
+        }
+        let authority = raw.envoy_grpc.authority;
+        if !is_valid_header_value(&authority) || authority.contains(' ') {
+            return Err(ConfigError::new(
+                format!("{field}.envoy_grpc.authority"),
+                "is not a valid authority",
+            ));
+        }
+        let timeout = crate::vocab::callout_timeout(raw.timeout.unwrap_or(DEFAULT_TIMEOUT))
+            .map_err(|reason| ConfigError::new(format!("{field}.timeout"), reason))?;
+        let mut initial_metadata = Vec::new();
+        for (i, h) in raw.initial_metadata.iter().enumerate() {
+            let f = format!("{field}.initial_metadata[{i}]");
+            if !is_valid_header_value(&h.value) {
+                return Err(ConfigError::new(
+                    format!("{f}.value"),
+                    "has control characters",
+                ));
+            }
+            initial_metadata.push((header_name(&h.key, &format!("{f}.key"))?, h.value.clone()));
+        }
+        Ok(GrpcSettings {
+            cluster: raw.envoy_grpc.cluster_name,
+            authority,
+            timeout,
+            initial_metadata,
         })
     }
 }

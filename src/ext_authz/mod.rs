@@ -1,19 +1,28 @@
-//! Stage 2: passthrough auth. The filter asks an external auth service over
-//! HTTP whether the request may go on, with the semantics of Envoy's
-//! `ext_authz` `http_service`, plus what Envoy lacks: a decision cache, and
-//! the service's identity headers stripped from the client's request.
+//! Stage 2: passthrough auth. The filter asks an external auth service
+//! whether the request may go on, with the semantics of Envoy's `ext_authz`
+//! over either transport (`http_service`: [`http`], `grpc_service`:
+//! [`grpc`]), plus what Envoy lacks: a decision cache, and the service's
+//! identity headers stripped from the client's request. The decision
+//! semantics live here, shared: [`AuthDecision`], `failure_mode_allow`,
+//! `status_on_error`, header stripping, the cache, per-route rules, claims
+//! to the service. A transport only builds the check and reads the answer.
 
 pub mod cache;
 pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod proto;
 
-use crate::callout::{CalloutRequest, CalloutResponse};
+use crate::callout::{CalloutRequest, GrpcCall};
 use crate::jwt::claims::header_value;
 use crate::jwt::Identity;
 use crate::request::RequestView;
 use crate::response::{HeaderOp, LocalReply};
 use crate::stats::Counter;
-use cache::{DecisionKey, KeyHasher};
+use cache::DecisionKey;
 pub use config::ExtAuthz;
+use config::Transport;
+use std::collections::BTreeMap;
 
 /// Header Envoy's `ext_authz` adds when an auth-service error was let through.
 pub const FAILURE_MODE_ALLOWED_HEADER: &str = "x-envoy-auth-failure-mode-allowed";
@@ -21,30 +30,37 @@ pub const FAILURE_MODE_ALLOWED_HEADER: &str = "x-envoy-auth-failure-mode-allowed
 pub const MAX_DENIED_BODY_BYTES: usize = 64 * 1024;
 /// Header telling the auth service whether the body it got was cut.
 pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+/// Filter state with the service's `dynamic_metadata` (JSON), for access logs.
+pub const METADATA_PROPERTY: &str = "ai_auth.ext_authz.dynamic_metadata";
 
-/// Response headers never copied from the auth service's answer.
-const HOP_BY_HOP: [&str; 8] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-connection",
-];
+/// What an allow does, in the order Envoy's `ext_authz` applies it:
+/// overwrite, add, append to an existing value, add if absent, overwrite
+/// if present, then remove; then the query; `client` goes to the response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowed {
+    /// Headers that overwrite the request's.
+    pub upstream_set: Vec<(String, String)>,
+    /// Headers added to the request's (another value of the name).
+    pub upstream_append: Vec<(String, String)>,
+    /// Appended to an existing header's value with `,`; nothing when absent.
+    pub upstream_append_existing: Vec<(String, String)>,
+    pub upstream_add_if_absent: Vec<(String, String)>,
+    pub upstream_overwrite_if_exists: Vec<(String, String)>,
+    /// Removed from the request (never pseudo-headers nor `host`).
+    pub upstream_remove: Vec<String>,
+    /// Headers added to the client's response.
+    pub client: Vec<(String, String)>,
+    /// Query parameters set (replacing any of the name) and removed.
+    pub query_set: Vec<(String, String)>,
+    pub query_remove: Vec<String>,
+    /// The service's dynamic metadata as JSON, for filter state.
+    pub metadata: Option<String>,
+}
 
 /// What the auth service said, before `failure_mode_allow` is considered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
-    Allow {
-        /// Headers that overwrite the request's.
-        upstream_set: Vec<(String, String)>,
-        /// Headers appended to the request's.
-        upstream_append: Vec<(String, String)>,
-        /// Headers added to the client's response (`allowed_client_headers_on_success`).
-        client: Vec<(String, String)>,
-    },
+    Allow(Allowed),
     Deny {
         status: u16,
         headers: Vec<(String, String)>,
@@ -64,6 +80,25 @@ pub enum ErrorKind {
     ServerError(u16),
     /// The host could not send the call (unknown cluster...).
     DispatchFailed,
+    /// The gRPC call failed with this status (timeout, unavailable...).
+    GrpcStatus(u32),
+    /// A gRPC reply that is no `CheckResponse` (or too large).
+    Malformed,
+}
+
+/// The check for one request, in its transport.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    Http(CalloutRequest),
+    Grpc(GrpcCall),
+}
+
+/// A header name the filter will put on a request: lowercase token characters.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+        })
 }
 
 impl ErrorKind {
@@ -74,6 +109,8 @@ impl ErrorKind {
             }
             ErrorKind::ServerError(s) => format!("auth service answered {s}"),
             ErrorKind::DispatchFailed => "the call could not be sent".into(),
+            ErrorKind::GrpcStatus(code) => format!("the gRPC call failed with status {code}"),
+            ErrorKind::Malformed => "the reply is not a CheckResponse".into(),
         }
     }
 }
@@ -114,157 +151,13 @@ pub enum Verdict {
     Allowed {
         ops: Vec<HeaderOp>,
         client_headers: Vec<(String, String)>,
+        /// For filter state ([`METADATA_PROPERTY`]).
+        metadata: Option<String>,
     },
     Denied(LocalReply),
 }
 
 impl ExtAuthz {
-    /// The request to the auth service, built from the request as the
-    /// earlier stages left it.
-    pub fn check_request(
-        &self,
-        req: &RequestView,
-        identities: &[Identity],
-        body: Option<(&[u8], bool)>,
-    ) -> CalloutRequest {
-        let mut headers = vec![
-            (":method".to_string(), req.method().to_string()),
-            (
-                ":path".to_string(),
-                format!("{}{}", self.path_prefix, req.path()),
-            ),
-            // Envoy sends the original host; a request without one (HTTP/1.0)
-            // still needs an authority for the call.
-            (
-                ":authority".to_string(),
-                if req.authority().is_empty() {
-                    self.server_uri.authority.clone()
-                } else {
-                    req.authority().to_string()
-                },
-            ),
-        ];
-        for (name, value) in req.headers() {
-            let implicit = matches!(name.as_str(), "authorization" | "host");
-            if (implicit || self.allowed_headers.matches(name)) && name != "content-length" {
-                headers.push((name.clone(), value.clone()));
-            }
-        }
-        for (name, path) in &self.claims_to_headers {
-            headers.retain(|(k, _)| k != name);
-            if let Some(value) = identities
-                .iter()
-                .find_map(|id| id.claims.lookup(path).and_then(header_value))
-            {
-                headers.push((name.clone(), value));
-            }
-        }
-        let body = match body {
-            Some((bytes, partial)) => {
-                headers.push((PARTIAL_BODY_HEADER.to_string(), partial.to_string()));
-                bytes.to_vec()
-            }
-            None => Vec::new(),
-        };
-        headers.push(("content-length".to_string(), body.len().to_string()));
-        for (k, v) in &self.headers_to_add {
-            headers.retain(|(name, _)| name != k);
-            headers.push((k.clone(), v.clone()));
-        }
-        CalloutRequest {
-            cluster: self.server_uri.cluster.clone(),
-            headers,
-            body,
-            timeout: self.server_uri.timeout,
-        }
-    }
-
-    /// The decision-cache key of a check request as it will be sent: every
-    /// header (names in order, the values of one name in theirs), the
-    /// cluster and the body, then the configured `key_headers` of the
-    /// client's request. `None` when the cache is off or has no secret.
-    pub fn http_cache_key(&self, check: &CalloutRequest, req: &RequestView) -> Option<DecisionKey> {
-        let cfg = self.decision_cache.as_ref()?;
-        let mut h = KeyHasher::new(cfg.secret.as_ref()?, "http")?;
-        h.field(check.cluster.as_bytes());
-        let mut headers: Vec<&(String, String)> = check.headers.iter().collect();
-        headers.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, value) in headers {
-            h.field(name.as_bytes());
-            h.field(value.as_bytes());
-        }
-        h.field(b"\0body");
-        h.field(&check.body);
-        Some(h.finish(cfg, req))
-    }
-
-    /// The claim headers of the passthrough on the client's request: the
-    /// verified claim's value, or removed when the claim is absent, so a
-    /// client-sent header of that name never goes on (as the JWT stage's
-    /// own claim headers).
-    pub fn claim_header_ops(&self, identities: &[Identity]) -> Vec<HeaderOp> {
-        self.claims_to_headers
-            .iter()
-            .map(|(name, path)| {
-                match identities
-                    .iter()
-                    .find_map(|id| id.claims.lookup(path).and_then(header_value))
-                {
-                    Some(value) => HeaderOp::set(name.clone(), value),
-                    None => HeaderOp::remove(name.clone()),
-                }
-            })
-            .collect()
-    }
-
-    /// Maps the auth service's reply to a decision: 2xx allows, 3xx and 4xx
-    /// deny, 1xx, 5xx, no answer and any status outside 100-599 are errors
-    /// (only a real denial status is ever sent to the client).
-    pub fn decide(&self, reply: &CalloutResponse) -> AuthDecision {
-        let Some(status) = reply.status else {
-            return AuthDecision::Error(ErrorKind::NoResponse);
-        };
-        let copyable = |name: &str| !HOP_BY_HOP.contains(&name) && !name.starts_with(':');
-        match status {
-            200..=299 => {
-                let pick = |list: &config::HeaderList| -> Vec<(String, String)> {
-                    reply
-                        .headers
-                        .iter()
-                        .filter(|(k, _)| copyable(k) && list.matches(k))
-                        .cloned()
-                        .collect()
-                };
-                AuthDecision::Allow {
-                    upstream_set: pick(&self.upstream_headers),
-                    upstream_append: pick(&self.upstream_headers_to_append),
-                    client: pick(&self.client_headers_on_success),
-                }
-            }
-            500..=599 => AuthDecision::Error(ErrorKind::ServerError(status)),
-            300..=499 => {
-                // Envoy: with no allowed_client_headers, every header goes to the client.
-                let headers = reply
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| {
-                        copyable(k)
-                            && k != "host"
-                            && self.client_headers.as_ref().is_none_or(|l| l.matches(k))
-                    })
-                    .cloned()
-                    .collect();
-                AuthDecision::Deny {
-                    status,
-                    headers,
-                    body: reply.body.clone(),
-                }
-            }
-            // 1xx here, or a status `CalloutResponse` would not have let through.
-            _ => AuthDecision::Error(ErrorKind::NoResponse),
-        }
-    }
-
     /// Applies `failure_mode_allow` and turns a decision into edits or a reply.
     /// An error becomes an allow only here, and only when configured.
     pub fn resolve(
@@ -274,26 +167,14 @@ impl ExtAuthz {
         counters: &mut Vec<Counter>,
     ) -> Verdict {
         match decision {
-            AuthDecision::Allow {
-                upstream_set,
-                upstream_append,
-                client,
-            } => {
+            AuthDecision::Allow(allowed) => {
                 counters.push(Counter::ExtAuthzOk);
                 let mut ops = self.strip_service_owned_headers(req);
-                ops.extend(
-                    upstream_set
-                        .iter()
-                        .map(|(k, v)| HeaderOp::set(k.clone(), v.clone())),
-                );
-                ops.extend(
-                    upstream_append
-                        .iter()
-                        .map(|(k, v)| HeaderOp::Append(k.clone(), v.clone())),
-                );
+                ops.extend(allowed_ops(allowed, req));
                 Verdict::Allowed {
                     ops,
-                    client_headers: client.clone(),
+                    client_headers: allowed.client.clone(),
+                    metadata: allowed.metadata.clone(),
                 }
             }
             AuthDecision::Deny {
@@ -315,6 +196,7 @@ impl ExtAuthz {
                     Verdict::Allowed {
                         ops,
                         client_headers: Vec::new(),
+                        metadata: None,
                     }
                 } else {
                     let mut reply = LocalReply::json_error(
@@ -342,36 +224,115 @@ impl ExtAuthz {
         names.into_iter().map(HeaderOp::remove).collect()
     }
 
-    /// Whether deciding on a reply with this status needs its headers: a
-    /// denial (they may go to the client), or an allow when header lists or
-    /// the cache (`Cache-Control`) use them. Reading them costs a call into
-    /// the VM per reply, so the host asks first.
-    pub fn needs_reply_headers(&self, status: Option<u16>) -> bool {
-        match status {
-            Some(200..=299) => {
-                self.upstream_headers.is_set()
-                    || self.upstream_headers_to_append.is_set()
-                    || self.client_headers_on_success.is_set()
-                    || self.decision_cache.is_some()
-            }
-            // 5xx is an error whatever the headers.
-            Some(s) => s < 500,
-            None => false,
-        }
-    }
-
-    /// Only a denial carries the service's body to the client.
-    pub fn needs_reply_body(&self, status: Option<u16>) -> bool {
-        matches!(status, Some(s) if !(200..=299).contains(&s) && s < 500)
+    pub fn is_grpc(&self) -> bool {
+        matches!(self.transport, Transport::Grpc(_))
     }
 
     /// Whether the stage runs for this request (per-route `disabled`).
     pub fn enabled_for(&self, req: &RequestView) -> bool {
         self.rules
             .iter()
-            .find(|(route, _)| route.matches(req))
-            .is_none_or(|(_, disabled)| !disabled)
+            .find(|r| r.route.matches(req))
+            .is_none_or(|r| !r.disabled)
     }
+
+    /// `context_extensions` for this request: the stage's, then the first
+    /// matching rule's over them.
+    pub fn context_extensions_for(&self, req: &RequestView) -> BTreeMap<String, String> {
+        let mut out = self.context_extensions.clone();
+        if let Some(rule) = self.rules.iter().find(|r| r.route.matches(req)) {
+            out.extend(rule.context_extensions.clone());
+        }
+        out
+    }
+
+    /// The check for this request in the configured transport, and its
+    /// decision-cache key (when the cache is on), computed from the check
+    /// as it will be sent.
+    pub fn check(
+        &self,
+        req: &RequestView,
+        identities: &[Identity],
+        body: Option<(&[u8], bool)>,
+        now: u64,
+    ) -> (Check, Option<DecisionKey>) {
+        match &self.transport {
+            Transport::Http(svc) => {
+                let call = self.check_request(svc, req, identities, body);
+                let key = self.http_cache_key(&call, req);
+                (Check::Http(call), key)
+            }
+            Transport::Grpc(svc) => {
+                let message = self.grpc_check_request(req, identities, body, now);
+                let key = self.grpc_cache_key(svc, &message, req);
+                (Check::Grpc(self.grpc_call(svc, &message)), key)
+            }
+        }
+    }
+
+    /// The claim headers of the passthrough on the client's request: the
+    /// verified claim's value, or removed when the claim is absent, so a
+    /// client-sent header of that name never goes on (as the JWT stage's
+    /// own claim headers).
+    pub fn claim_header_ops(&self, identities: &[Identity]) -> Vec<HeaderOp> {
+        self.claims_to_headers
+            .iter()
+            .map(|(name, path)| {
+                match identities
+                    .iter()
+                    .find_map(|id| id.claims.lookup(path).and_then(header_value))
+                {
+                    Some(value) => HeaderOp::set(name.clone(), value),
+                    None => HeaderOp::remove(name.clone()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The header and query edits of an allow, resolved against the request
+/// as it is now (for the conditional kinds).
+fn allowed_ops(a: &Allowed, req: &RequestView) -> Vec<HeaderOp> {
+    let mut ops = Vec::new();
+    let mut view = req.clone();
+    let push = |op: HeaderOp, view: &mut RequestView, ops: &mut Vec<HeaderOp>| {
+        view.apply(std::slice::from_ref(&op));
+        ops.push(op);
+    };
+    for (k, v) in &a.upstream_set {
+        push(HeaderOp::set(k.clone(), v.clone()), &mut view, &mut ops);
+    }
+    for (k, v) in &a.upstream_append {
+        push(HeaderOp::Append(k.clone(), v.clone()), &mut view, &mut ops);
+    }
+    for (k, v) in &a.upstream_append_existing {
+        let current: Vec<&str> = view.header_values(k).collect();
+        if !current.is_empty() {
+            let joined = format!("{},{v}", current.join(","));
+            push(HeaderOp::set(k.clone(), joined), &mut view, &mut ops);
+        }
+    }
+    for (k, v) in &a.upstream_add_if_absent {
+        if view.header(k).is_none() {
+            push(HeaderOp::Append(k.clone(), v.clone()), &mut view, &mut ops);
+        }
+    }
+    for (k, v) in &a.upstream_overwrite_if_exists {
+        if view.header(k).is_some() {
+            push(HeaderOp::set(k.clone(), v.clone()), &mut view, &mut ops);
+        }
+    }
+    for k in &a.upstream_remove {
+        push(HeaderOp::remove(k.clone()), &mut view, &mut ops);
+    }
+    if !a.query_set.is_empty() || !a.query_remove.is_empty() {
+        let path =
+            crate::request::path_with_query_edits(view.path(), &a.query_set, &a.query_remove);
+        if path != view.path() {
+            push(HeaderOp::set(":path", path), &mut view, &mut ops);
+        }
+    }
+    ops
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::callout::CalloutResponse;
 use crate::callout::MemoryStore;
 use crate::config::FilterConfig;
 use crate::flow::{self, Step, WorkerState};
@@ -45,6 +46,13 @@ fn req(headers: &[(&str, &str)]) -> RequestView {
     RequestView::new(all)
 }
 
+fn http_check(authz: &ExtAuthz, r: &RequestView, body: Option<(&[u8], bool)>) -> CalloutRequest {
+    match authz.check(r, &[], body, 0).0 {
+        Check::Http(call) => call,
+        other => panic!("{other:?}"),
+    }
+}
+
 fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> CalloutResponse {
     CalloutResponse {
         status: Some(status),
@@ -75,7 +83,7 @@ fn check_request_carries_only_what_envoy_sends() {
         ("x-other", "no"),
         ("content-length", "12"),
     ]);
-    let call = authz.check_request(&r, &[], None);
+    let call = http_check(authz, &r, None);
     assert_eq!(call.cluster, "ext_authz");
     assert_eq!(call.timeout, std::time::Duration::from_millis(500));
     let h = &call.headers;
@@ -96,7 +104,7 @@ fn check_request_carries_only_what_envoy_sends() {
 fn replies_map_to_decisions() {
     let cfg = config(base(json!({})));
     let authz = cfg.ext_authz.as_ref().unwrap();
-    let ok = authz.decide(&reply(
+    let ok = authz.http_decide(&reply(
         200,
         &[
             ("x-user-id", "42"),
@@ -109,17 +117,18 @@ fn replies_map_to_decisions() {
     ));
     assert_eq!(
         ok,
-        AuthDecision::Allow {
+        AuthDecision::Allow(Allowed {
             upstream_set: vec![("x-user-id".into(), "42".into())],
             upstream_append: vec![("x-trace".into(), "t1".into())],
             client: vec![("x-ratelimit-remaining".into(), "9".into())],
-        }
+            ..Allowed::default()
+        })
     );
     assert!(matches!(
-        authz.decide(&reply(204, &[], "")),
-        AuthDecision::Allow { .. }
+        authz.http_decide(&reply(204, &[], "")),
+        AuthDecision::Allow(_)
     ));
-    let deny = authz.decide(&reply(
+    let deny = authz.http_decide(&reply(
         401,
         &[("www-authenticate", "Basic"), ("x-internal", "no")],
         "who?",
@@ -133,15 +142,15 @@ fn replies_map_to_decisions() {
         }
     );
     assert!(matches!(
-        authz.decide(&reply(302, &[("location", "/login")], "")),
+        authz.http_decide(&reply(302, &[("location", "/login")], "")),
         AuthDecision::Deny { status: 302, .. }
     ));
     assert_eq!(
-        authz.decide(&reply(503, &[], "")),
+        authz.http_decide(&reply(503, &[], "")),
         AuthDecision::Error(ErrorKind::ServerError(503))
     );
     assert_eq!(
-        authz.decide(&CalloutResponse::default()),
+        authz.http_decide(&CalloutResponse::default()),
         AuthDecision::Error(ErrorKind::NoResponse)
     );
     // A status outside 100-599 is never a denial sent to the client: the
@@ -149,14 +158,14 @@ fn replies_map_to_decisions() {
     for status in ["600", "999", "1000", "ok"] {
         let parsed = CalloutResponse::from_headers(vec![(":status".into(), status.into())], vec![]);
         assert_eq!(
-            authz.decide(&parsed),
+            authz.http_decide(&parsed),
             AuthDecision::Error(ErrorKind::NoResponse),
             "{status}"
         );
     }
     for status in [100, 600, 999, 1000, u16::MAX] {
         assert_eq!(
-            authz.decide(&reply(status, &[], "")),
+            authz.http_decide(&reply(status, &[], "")),
             AuthDecision::Error(ErrorKind::NoResponse),
             "{status}"
         );
@@ -171,11 +180,11 @@ fn without_allowed_client_headers_every_header_reaches_the_client_on_deny() {
         .unwrap()
         .remove("allowed_client_headers");
     let cfg = config(v);
-    let d = cfg
-        .ext_authz
-        .as_ref()
-        .unwrap()
-        .decide(&reply(403, &[("x-a", "1"), ("x-b", "2")], ""));
+    let d =
+        cfg.ext_authz
+            .as_ref()
+            .unwrap()
+            .http_decide(&reply(403, &[("x-a", "1"), ("x-b", "2")], ""));
     assert!(matches!(d, AuthDecision::Deny { headers, .. } if headers.len() == 2));
 }
 
@@ -230,11 +239,10 @@ fn identity_headers_are_the_services_alone() {
     let cfg = config(base(json!({})));
     let authz = cfg.ext_authz.as_ref().unwrap();
     let r = req(&[("x-user-id", "spoofed"), ("x-plan", "gold")]);
-    let decision = AuthDecision::Allow {
+    let decision = AuthDecision::Allow(Allowed {
         upstream_set: vec![("x-user-id".into(), "42".into())],
-        upstream_append: vec![],
-        client: vec![],
-    };
+        ..Allowed::default()
+    });
     let Verdict::Allowed { ops, .. } = authz.resolve(&decision, &r, &mut Vec::new()) else {
         panic!()
     };
@@ -448,11 +456,14 @@ fn configuration_errors_name_the_field() {
 fn a_denial_keeps_the_services_body_and_an_empty_one_gets_ours() {
     let cfg = config(base(json!({})));
     let authz = cfg.ext_authz.as_ref().unwrap();
-    let resolve =
-        |r: CalloutResponse| match authz.resolve(&authz.decide(&r), &req(&[]), &mut Vec::new()) {
-            Verdict::Denied(reply) => reply,
-            other => panic!("{other:?}"),
-        };
+    let resolve = |r: CalloutResponse| match authz.resolve(
+        &authz.http_decide(&r),
+        &req(&[]),
+        &mut Vec::new(),
+    ) {
+        Verdict::Denied(reply) => reply,
+        other => panic!("{other:?}"),
+    };
     let own = resolve(reply(
         403,
         &[("www-authenticate", "Basic")],
@@ -481,8 +492,7 @@ fn the_cache_key_covers_everything_the_service_is_shown() {
     let authz = cfg.ext_authz.as_ref().unwrap();
     let key = |headers: &[(&str, &str)], body: Option<(&[u8], bool)>| {
         let r = req(headers);
-        let check = authz.check_request(&r, &[], body);
-        authz.http_cache_key(&check, &r).unwrap()
+        authz.check(&r, &[], body, 0).1.unwrap()
     };
     let base_key = key(&[("authorization", "Bearer a")], None);
     assert_eq!(base_key, key(&[("authorization", "Bearer a")], None));
@@ -532,4 +542,355 @@ fn a_configured_key_secret_is_read_and_checked() {
     assert!(e.to_string().contains("decision_cache.key_secret"), "{e}");
     let e = with(json!({"environment_variable": "UNSET"})).unwrap_err();
     assert!(e.to_string().contains("decision_cache.key_secret"), "{e}");
+}
+
+mod grpc_transport {
+    use super::*;
+    use crate::callout::GrpcReply;
+    use crate::ext_authz::grpc::Connection;
+    use crate::ext_authz::proto::{self, CheckRequest, CheckResponse};
+    use prost::Message;
+
+    fn grpc(extra: Value) -> FilterConfig {
+        let mut v = json!({"grpc_service": {"envoy_grpc": {"cluster_name": "authz", "authority": "authz.internal"},
+            "timeout": "0.3s", "initial_metadata": [{"key": "x-tenant", "value": "t1"}]}});
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        config(v)
+    }
+
+    fn grpc_request(headers: &[(&str, &str)]) -> RequestView {
+        let mut r = req(headers);
+        r.set_connection(Connection {
+            source: Some("10.0.0.1:5555".into()),
+            destination: Some("[::1]:10000".into()),
+            protocol: Some("HTTP/2".into()),
+        });
+        r
+    }
+
+    fn sent(
+        authz: &ExtAuthz,
+        r: &RequestView,
+        body: Option<(&[u8], bool)>,
+    ) -> (CheckRequest, GrpcCall) {
+        let Check::Grpc(call) = authz.check(r, &[], body, 1_700_000_000).0 else {
+            panic!("not gRPC")
+        };
+        (CheckRequest::decode(call.message.as_slice()).unwrap(), call)
+    }
+
+    fn answer(authz: &ExtAuthz, response: &CheckResponse) -> AuthDecision {
+        authz.grpc_decide(&GrpcReply::Message(response.encode_to_vec()))
+    }
+
+    fn option(key: &str, value: &str, action: i32) -> proto::HeaderValueOption {
+        proto::HeaderValueOption {
+            header: Some(proto::HeaderValue {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            }),
+            append: None,
+            append_action: action,
+        }
+    }
+
+    #[test]
+    fn config_takes_exactly_one_service() {
+        let both = json!({"ext_authz": {"grpc_service": {"envoy_grpc": {"cluster_name": "a"}},
+            "http_service": {"server_uri": {"uri": "http://a", "cluster": "a", "timeout": "1s"}}}});
+        for bad in [both, json!({"ext_authz": {}})] {
+            let e =
+                FilterConfig::from_json(bad.to_string().as_bytes(), &|_: &str| None).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("exactly one of http_service, grpc_service"),
+                "{e}"
+            );
+        }
+        let http_ext = json!({"ext_authz": base(json!({"context_extensions": {"a": "b"}}))});
+        let e =
+            FilterConfig::from_json(http_ext.to_string().as_bytes(), &|_: &str| None).unwrap_err();
+        assert!(e.to_string().contains("context_extensions"), "{e}");
+        let slow = json!({"ext_authz": {"grpc_service": {"envoy_grpc": {"cluster_name": "a"}, "timeout": "5000000s"}}});
+        let e = FilterConfig::from_json(slow.to_string().as_bytes(), &|_: &str| None).unwrap_err();
+        assert!(e.to_string().contains("grpc_service.timeout"), "{e}");
+    }
+
+    #[test]
+    fn the_check_request_is_the_one_envoy_builds() {
+        let cfg = grpc(json!({"context_extensions": {"team": "ml", "tier": "base"},
+            "rules": [{"match": {"prefix": "/v1/chat"}, "context_extensions": {"tier": "chat"}}],
+            "with_request_body": {"max_request_bytes": 8, "allow_partial_message": true}}));
+        let authz = cfg.ext_authz.as_ref().unwrap();
+        let r = grpc_request(&[
+            ("x-api-key", "k1"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("x-request-id", "rid-1"),
+            (PARTIAL_BODY_HEADER, "spoofed"),
+        ]);
+        let (check, call) = sent(authz, &r, Some((b"{\"m\":1}", true)));
+        assert_eq!(call.service, "envoy.service.auth.v3.Authorization");
+        assert_eq!(call.method, "Check");
+        assert_eq!(call.timeout, std::time::Duration::from_millis(300));
+        assert_eq!(
+            call.initial_metadata,
+            [("x-tenant".to_string(), "t1".to_string())]
+        );
+        let target = proto::GrpcService::decode(call.upstream.as_slice()).unwrap();
+        assert_eq!(target.envoy_grpc.as_ref().unwrap().cluster_name, "authz");
+        assert_eq!(target.envoy_grpc.unwrap().authority, "authz.internal");
+        let a = check.attributes.unwrap();
+        let http = a.request.as_ref().unwrap().http.as_ref().unwrap();
+        assert_eq!(http.method, "POST");
+        assert_eq!(http.path, "/v1/chat?x=1");
+        assert_eq!(http.host, "gw.example");
+        assert_eq!(http.protocol, "HTTP/2");
+        assert_eq!(http.id, "rid-1");
+        assert_eq!(
+            http.headers.get(":path").map(String::as_str),
+            Some("/v1/chat?x=1")
+        );
+        assert_eq!(http.headers.get("accept").map(String::as_str), Some("a,b"));
+        assert_eq!(
+            http.headers.get(PARTIAL_BODY_HEADER).map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(http.body, "{\"m\":1}");
+        assert!(http.raw_body.is_empty());
+        assert_eq!(a.request.unwrap().time.unwrap().seconds, 1_700_000_000);
+        let source = a.source.unwrap().address.unwrap().socket_address.unwrap();
+        assert_eq!(
+            (source.address.as_str(), source.port_value),
+            ("10.0.0.1", 5555)
+        );
+        let dest = a
+            .destination
+            .unwrap()
+            .address
+            .unwrap()
+            .socket_address
+            .unwrap();
+        assert_eq!((dest.address.as_str(), dest.port_value), ("::1", 10000));
+        assert_eq!(
+            a.context_extensions.get("tier").map(String::as_str),
+            Some("chat")
+        );
+        assert_eq!(
+            a.context_extensions.get("team").map(String::as_str),
+            Some("ml")
+        );
+        // pack_as_bytes: the body as bytes.
+        let cfg =
+            grpc(json!({"with_request_body": {"max_request_bytes": 8, "pack_as_bytes": true}}));
+        let (check, _) = sent(
+            cfg.ext_authz.as_ref().unwrap(),
+            &r,
+            Some((b"\xff\x00", false)),
+        );
+        let http = check.attributes.unwrap().request.unwrap().http.unwrap();
+        assert_eq!(http.raw_body, b"\xff\x00");
+        assert!(http.body.is_empty());
+    }
+
+    #[test]
+    fn the_cache_key_ignores_only_what_differs_per_request() {
+        let cfg = grpc(json!({"decision_cache": {"ttl": "30s"}}));
+        let authz = cfg.ext_authz.as_ref().unwrap();
+        let key = |headers: &[(&str, &str)], port: u16, now: u64| {
+            let mut r = grpc_request(headers);
+            r.set_connection(Connection {
+                source: Some(format!("10.0.0.1:{port}")),
+                ..r.connection().clone()
+            });
+            authz.check(&r, &[], None, now).1.unwrap()
+        };
+        let base = key(&[("x-api-key", "a"), ("x-request-id", "1")], 1000, 1);
+        assert_eq!(
+            base,
+            key(&[("x-api-key", "a"), ("x-request-id", "2")], 2000, 9)
+        );
+        assert_ne!(
+            base,
+            key(&[("x-api-key", "b"), ("x-request-id", "1")], 1000, 1)
+        );
+        assert_ne!(base, key(&[("x-api-key", "a"), ("cookie", "c")], 1000, 1));
+    }
+
+    #[test]
+    fn allow_answers_become_edits_as_envoy_applies_them() {
+        let cfg = grpc(json!({}));
+        let authz = cfg.ext_authz.as_ref().unwrap();
+        let mut overwrite_via_append = option("x-old", "no", 0);
+        overwrite_via_append.append = Some(proto::BoolValue { value: false });
+        let mut append_existing = option("x-list", "c", 0);
+        append_existing.append = Some(proto::BoolValue { value: true });
+        let response = CheckResponse {
+            status: Some(proto::RpcStatus::default()),
+            ok_response: Some(proto::OkHttpResponse {
+                headers: vec![
+                    option("x-user-id", "42", 2),
+                    option("x-trace", "t2", 0),
+                    option("x-present", "kept", 1),
+                    option("x-absent", "added", 1),
+                    option("x-overwrite", "new", 3),
+                    option("x-nothing", "never", 3),
+                    overwrite_via_append,
+                    append_existing,
+                    option(":path", "/admin", 2),
+                    option("host", "evil", 2),
+                    option("x-bad", "a\r\nb", 2),
+                ],
+                headers_to_remove: vec!["authorization".into(), ":method".into(), "Host".into()],
+                response_headers_to_add: vec![option("x-ratelimit-remaining", "9", 0)],
+                query_parameters_to_set: vec![proto::QueryParameter {
+                    key: "api-version".into(),
+                    value: "2024 06".into(),
+                }],
+                query_parameters_to_remove: vec!["x".into()],
+                dynamic_metadata: None,
+            }),
+            dynamic_metadata: Some(proto::Struct {
+                fields: [(
+                    "plan".to_string(),
+                    crate::ext_authz::grpc::to_value(&json!("pro")),
+                )]
+                .into(),
+            }),
+            ..Default::default()
+        };
+        let decision = answer(authz, &response);
+        let r = req(&[
+            ("authorization", "Bearer t"),
+            ("x-trace", "t1"),
+            ("x-present", "orig"),
+            ("x-overwrite", "old"),
+            ("x-old", "old"),
+            ("x-list", "a,b"),
+        ]);
+        let Verdict::Allowed {
+            ops,
+            client_headers,
+            metadata,
+        } = authz.resolve(&decision, &r, &mut Vec::new())
+        else {
+            panic!("{decision:?}")
+        };
+        let mut seen = r.clone();
+        seen.apply(&ops);
+        let values = |n: &str| {
+            seen.header_values(n)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values("x-user-id"), ["42"]);
+        assert_eq!(values("x-trace"), ["t1", "t2"]);
+        assert_eq!(values("x-present"), ["orig"]);
+        assert_eq!(values("x-absent"), ["added"]);
+        assert_eq!(values("x-overwrite"), ["new"]);
+        assert!(values("x-nothing").is_empty());
+        assert_eq!(values("x-old"), ["no"]);
+        assert_eq!(values("x-list"), ["a,b,c"]);
+        assert!(values("authorization").is_empty());
+        assert!(values("x-bad").is_empty());
+        assert_eq!(seen.path(), "/v1/chat?api-version=2024%2006");
+        assert_eq!(seen.method(), "POST");
+        assert!(!ops.iter().any(|op| op.name() == "host"));
+        assert_eq!(
+            client_headers,
+            [("x-ratelimit-remaining".to_string(), "9".to_string())]
+        );
+        assert_eq!(metadata.as_deref(), Some("{\"plan\":\"pro\"}"));
+        // The decision survives the cache's wire form.
+        let key = [1u8; 32];
+        let bytes = super::super::cache::tests_support::encode(&key, 5, &decision).unwrap();
+        assert_eq!(
+            super::super::cache::tests_support::decode(&bytes, &key),
+            Some((5, decision))
+        );
+    }
+
+    #[test]
+    fn denials_errors_and_malformed_replies() {
+        let cfg = grpc(json!({}));
+        let authz = cfg.ext_authz.as_ref().unwrap();
+        let denied = CheckResponse {
+            status: Some(proto::RpcStatus {
+                code: 7,
+                message: "no".into(),
+            }),
+            denied_response: Some(proto::DeniedHttpResponse {
+                status: Some(proto::HttpStatus { code: 429 }),
+                headers: vec![option("retry-after", "1", 0), option("retry-after", "2", 0)],
+                body: "slow down".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            answer(authz, &denied),
+            AuthDecision::Deny {
+                status: 429,
+                headers: vec![("retry-after".into(), "2".into())],
+                body: b"slow down".to_vec()
+            }
+        );
+        let bare = CheckResponse {
+            status: Some(proto::RpcStatus {
+                code: 16,
+                message: String::new(),
+            }),
+            ..Default::default()
+        };
+        assert!(
+            matches!(answer(authz, &bare), AuthDecision::Deny { status: 403, ref body, .. } if body.is_empty())
+        );
+        let odd_status = CheckResponse {
+            status: Some(proto::RpcStatus {
+                code: 7,
+                message: String::new(),
+            }),
+            denied_response: Some(proto::DeniedHttpResponse {
+                status: Some(proto::HttpStatus { code: 1000 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            answer(authz, &odd_status),
+            AuthDecision::Deny { status: 403, .. }
+        ));
+        // No status at all is OK (proto3 default), as in Envoy.
+        assert!(matches!(
+            answer(authz, &CheckResponse::default()),
+            AuthDecision::Allow(_)
+        ));
+        for garbage in [
+            vec![0xff; 5],
+            vec![0x0a, 0x10],
+            b"\x0a\x02\x08".to_vec(),
+            vec![0x0a; 300 * 1024],
+        ] {
+            assert_eq!(
+                authz.grpc_decide(&GrpcReply::Message(garbage)),
+                AuthDecision::Error(ErrorKind::Malformed)
+            );
+        }
+        assert_eq!(
+            authz.grpc_decide(&GrpcReply::Failed {
+                code: 14,
+                message: "down".into()
+            }),
+            AuthDecision::Error(ErrorKind::GrpcStatus(14))
+        );
+        // Unknown fields are skipped.
+        let mut bytes = CheckResponse::default().encode_to_vec();
+        bytes.extend_from_slice(&[0xa2, 0x06, 0x01, 0x00]);
+        assert!(matches!(
+            authz.grpc_decide(&GrpcReply::Message(bytes)),
+            AuthDecision::Allow(_)
+        ));
+    }
 }

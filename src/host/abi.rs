@@ -94,7 +94,6 @@ pub enum LogLevel {
 pub enum BufferType {
     HttpRequestBody = 0,
     HttpCallResponseBody = 4,
-    #[allow(dead_code)] // gRPC calls: the passthrough over gRPC builds on these
     GrpcReceiveBuffer = 5,
     PluginConfiguration = 7,
 }
@@ -483,9 +482,8 @@ pub fn http_call(
 
 /// Sends a unary gRPC call (`message` is the serialized request); returns
 /// its token. The reply arrives in `proxy_on_grpc_receive` / `_close`.
-#[allow(dead_code)] // the passthrough over gRPC builds on it
 pub fn grpc_call(
-    cluster: &str,
+    cluster: &[u8],
     service: &str,
     method: &str,
     initial_metadata: &[(&str, &[u8])],
@@ -527,7 +525,6 @@ pub fn grpc_close(token: u32) -> HostResult<()> {
 }
 
 /// The status of the last gRPC reply: code and message (lossy UTF-8).
-#[allow(dead_code)] // the passthrough over gRPC builds on it
 pub fn get_status() -> HostResult<(u32, String)> {
     let mut code: u32 = 0;
     let message = returned_buffer(|data, size| {

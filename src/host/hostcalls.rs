@@ -3,7 +3,7 @@
 //! (documented per function); none can panic.
 
 use super::abi::{self, BufferType, HostError, MapType, MetricType, StreamType};
-use crate::callout::{self, CalloutRequest, SharedStore, StoreWrite};
+use crate::callout::{self, CalloutRequest, GrpcCall, SharedStore, StoreWrite};
 use std::time::Duration;
 
 /// Seconds since the Unix epoch by the host's clock; `None` when the host
@@ -66,6 +66,22 @@ pub fn route_property(name: &str) -> Option<String> {
             .filter(|s| !s.is_empty())
     };
     read(&["xds", name]).or_else(|| read(&[name]))
+}
+
+/// Addresses and protocol of the request, for a gRPC check.
+pub fn connection_info() -> crate::ext_authz::grpc::Connection {
+    let read = |path: &[&str]| {
+        abi::get_property(path)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty())
+    };
+    crate::ext_authz::grpc::Connection {
+        source: read(&["source", "address"]),
+        destination: read(&["destination", "address"]),
+        protocol: read(&["request", "protocol"]),
+    }
 }
 
 /// Hex SHA-256 of the downstream TLS client certificate (Envoy's
@@ -161,6 +177,38 @@ pub fn callout_response_body(size: usize) -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// Sends a unary gRPC call; its reply comes to `proxy_on_grpc_receive`
+/// (OK) or `proxy_on_grpc_close` (any other status).
+pub fn grpc_dispatch(call: &GrpcCall) -> Result<u32, HostError> {
+    let metadata: Vec<(&str, &[u8])> = call
+        .initial_metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    // The host takes the target as bytes: a serialized GrpcService.
+    abi::grpc_call(
+        &call.upstream,
+        &call.service,
+        &call.method,
+        &metadata,
+        &call.message,
+        timeout_millis(call.timeout),
+    )
+}
+
+/// Up to `size` bytes of a gRPC reply message.
+pub fn grpc_reply_message(size: usize) -> Vec<u8> {
+    abi::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// The status message of the gRPC call that just closed (remote text).
+pub fn grpc_status_message() -> String {
+    abi::get_status().map(|(_, m)| m).unwrap_or_default()
 }
 
 /// proxy-wasm shared data: one store for every VM of the plugin.

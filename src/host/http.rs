@@ -82,6 +82,14 @@ impl HttpFilter {
         {
             request.set_peer_certificate_sha256(hostcalls::peer_certificate_sha256());
         }
+        if shared
+            .config
+            .ext_authz
+            .as_ref()
+            .is_some_and(|a| a.is_grpc())
+        {
+            request.set_connection(hostcalls::connection_info());
+        }
         request.set_has_body(!end_of_stream);
         let Some(now) = shared.clock() else {
             return internal_error(self.context_id, super::stream::NO_CLOCK);

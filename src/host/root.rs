@@ -6,6 +6,7 @@ use super::keys::{RemoteJwksHost, TICK};
 use super::logger;
 use super::stream::{Pending, Site};
 use super::tokens::TokensHost;
+use crate::callout::GrpcReply;
 use crate::config::FilterConfig;
 use crate::credentials::fetch::CredentialFetcher;
 use crate::flow::{self, WorkerState};
@@ -26,6 +27,8 @@ pub struct Shared {
     pub pending: RefCell<HashMap<u32, Pending>>,
     /// Callout token to the stream that waits for it.
     pub callouts: RefCell<HashMap<u32, u32>>,
+    /// gRPC call token to the stream that waits for it.
+    pub grpc_calls: RefCell<HashMap<u32, u32>>,
     /// Headers to add to a stream's response, by context id.
     pub response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
     /// Remote JWKS fetching and sharing.
@@ -78,21 +81,38 @@ impl Root {
         }
     }
 
-    // gRPC replies: no stage sends gRPC calls yet.
+    // gRPC replies: the passthrough's checks. A unary call ends with one
+    // message (OK) or a close with its status, never both.
     pub fn on_grpc_receive_initial_metadata(&self, token: u32, _num_elements: usize) {
-        log::debug!("ai_auth: gRPC metadata for unknown call {token}");
+        log::trace!("ai_auth: gRPC metadata for call {token}");
     }
 
-    pub fn on_grpc_receive(&self, token: u32, _message_size: usize) {
-        log::debug!("ai_auth: gRPC message for unknown call {token}");
+    pub fn on_grpc_receive(&self, token: u32, message_size: usize) {
+        let Some(shared) = self.shared() else { return };
+        let read = || {
+            // A runaway reply is an error however it ends: read one byte
+            // past the cap so the stage can tell.
+            let cap = crate::ext_authz::grpc::MAX_REPLY_BYTES.saturating_add(1);
+            GrpcReply::Message(hostcalls::grpc_reply_message(message_size.min(cap)))
+        };
+        if !shared.grpc_reply(token, read, Site::Root) {
+            log::debug!("ai_auth: gRPC message for unknown call {token}");
+        }
     }
 
     pub fn on_grpc_receive_trailing_metadata(&self, token: u32, _num_elements: usize) {
-        log::debug!("ai_auth: gRPC trailers for unknown call {token}");
+        log::trace!("ai_auth: gRPC trailers for call {token}");
     }
 
-    pub fn on_grpc_close(&self, token: u32, _status_code: u32) {
-        log::debug!("ai_auth: gRPC close for unknown call {token}");
+    pub fn on_grpc_close(&self, token: u32, status_code: u32) {
+        let Some(shared) = self.shared() else { return };
+        let read = || GrpcReply::Failed {
+            code: status_code,
+            message: hostcalls::grpc_status_message(),
+        };
+        if !shared.grpc_reply(token, read, Site::Root) {
+            log::debug!("ai_auth: gRPC close for unknown call {token}");
+        }
     }
 
     pub fn on_configure(&self) -> bool {
@@ -138,6 +158,7 @@ impl Root {
             counters,
             pending: RefCell::new(HashMap::new()),
             callouts: RefCell::new(HashMap::new()),
+            grpc_calls: RefCell::new(HashMap::new()),
             response_headers: RefCell::new(HashMap::new()),
             jwks: RemoteJwksHost::new(fetcher),
             tokens: TokensHost::new(token_fetcher),

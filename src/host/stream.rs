@@ -4,7 +4,7 @@
 use super::abi::Action;
 use super::hostcalls::{self, SharedData};
 use super::root::Shared;
-use crate::callout::CalloutResponse;
+use crate::callout::{CalloutResponse, GrpcReply};
 use crate::flow::{self, Decision, InFlight, Step};
 use crate::response::{HeaderOp, LocalReply};
 
@@ -23,6 +23,8 @@ pub enum Waiting {
     },
     /// The reply to callout `token`.
     Callout { token: u32 },
+    /// The reply to gRPC call `token`.
+    GrpcCall { token: u32 },
 }
 
 /// What ends some streams' wait for keys.
@@ -196,6 +198,7 @@ impl Shared {
                 );
                 Action::Pause
             }
+            Step::GrpcCall(call) => self.send_grpc(context_id, call, flight, site),
             Step::Callout(request) => {
                 let Some(flight) = flight else {
                     return internal_error(context_id, "no state for the callout");
@@ -240,6 +243,73 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Sends a gRPC check for `context_id` (or fails it as the stage says).
+    fn send_grpc(
+        &self,
+        context_id: u32,
+        call: crate::callout::GrpcCall,
+        flight: Option<InFlight>,
+        site: Site,
+    ) -> Action {
+        let Some(flight) = flight else {
+            return internal_error(context_id, "no state for the gRPC call");
+        };
+        match hostcalls::grpc_dispatch(&call) {
+            Ok(token) => {
+                log::trace!(
+                    "#{context_id} ai_auth: gRPC call {token} to {}",
+                    call.cluster
+                );
+                self.pending.borrow_mut().insert(
+                    context_id,
+                    Pending {
+                        flight,
+                        waiting: Waiting::GrpcCall { token },
+                    },
+                );
+                self.grpc_calls.borrow_mut().insert(token, context_id);
+                Action::Pause
+            }
+            Err(status) => {
+                log::warn!(
+                    "#{context_id} ai_auth: cannot call cluster {} over gRPC: {status:?}",
+                    call.cluster
+                );
+                let Some(now) = self.clock() else {
+                    return internal_error(context_id, NO_CLOCK);
+                };
+                let result = match self.state.try_borrow_mut() {
+                    Ok(mut state) => {
+                        flow::on_callout_failed(&self.config, &mut state, &SharedData, flight, now)
+                    }
+                    Err(_) => return internal_error(context_id, "worker state busy"),
+                };
+                let (decision, next) = result;
+                self.perform(context_id, decision, next, site)
+            }
+        }
+    }
+
+    /// A gRPC call ended (`reply`), whichever context it was delivered to.
+    pub fn grpc_reply(&self, token: u32, reply: impl FnOnce() -> GrpcReply, site: Site) -> bool {
+        let Some(context_id) = self.grpc_calls.borrow_mut().remove(&token) else {
+            return false;
+        };
+        let Some(pending) = self.pending.borrow_mut().remove(&context_id) else {
+            return true;
+        };
+        // Read the reply before switching to the stream's context.
+        let reply = reply();
+        let Some(now) = self.clock() else {
+            self.fail_closed(context_id, site, NO_CLOCK);
+            return true;
+        };
+        let (decision, next) =
+            flow::on_grpc_response(&self.config, &SharedData, pending.flight, reply, now);
+        self.perform(context_id, decision, next, site);
+        true
     }
 
     fn body_ready(
@@ -411,8 +481,14 @@ impl Shared {
     /// The stream ended: forget anything still waiting for it.
     pub fn forget(&self, context_id: u32) {
         if let Some(p) = self.pending.borrow_mut().remove(&context_id) {
-            if let Waiting::Callout { token } = p.waiting {
-                self.callouts.borrow_mut().remove(&token);
+            match p.waiting {
+                Waiting::Callout { token } => {
+                    self.callouts.borrow_mut().remove(&token);
+                }
+                Waiting::GrpcCall { token } => {
+                    self.grpc_calls.borrow_mut().remove(&token);
+                }
+                Waiting::Body { .. } | Waiting::Keys { .. } => {}
             }
         }
         self.response_headers.borrow_mut().remove(&context_id);

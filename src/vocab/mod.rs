@@ -12,7 +12,7 @@ pub mod timestamp;
 pub mod unique_map;
 
 pub use error::{parse_json, ConfigError};
-pub use http_uri::{split_uri, HttpUri, RawHttpUri};
+pub use http_uri::{callout_timeout, split_uri, HttpUri, RawHttpUri};
 pub use quote::{quote, quote_bytes, MAX_QUOTED_CHARS};
 use serde::Deserialize;
 

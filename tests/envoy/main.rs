@@ -13,6 +13,7 @@ mod config_rejection;
 mod crypto_reference;
 mod dpop;
 mod error_format;
+mod ext_authz_grpc;
 mod ext_authz_http;
 mod introspection;
 mod jwks_mixes;

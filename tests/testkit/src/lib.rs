@@ -5,6 +5,7 @@
 pub mod bedrock;
 pub mod demo;
 pub mod envoy;
+pub mod grpc_authz;
 pub mod http;
 pub mod keys;
 pub mod loadgen;

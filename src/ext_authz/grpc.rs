@@ -1,0 +1,389 @@
+//! The passthrough over gRPC: Envoy's `envoy.service.auth.v3.Authorization/Check`,
+//! built as Envoy's `ext_authz` builds it and answered as Envoy reads it.
+//! Only building the check and reading the answer live here; the decision
+//! semantics are the stage's (`super`).
+
+use super::cache::{DecisionKey, KeyHasher};
+use super::config::GrpcSettings;
+use super::proto::{
+    Address, AttributeContext, CheckRequest, CheckResponse, EnvoyGrpc, GrpcService,
+    HeaderValueOption, HttpRequest, ListValue, Metadata, Peer, Request, SocketAddress, Struct,
+    Timestamp, Value,
+};
+use super::{Allowed, AuthDecision, ErrorKind, ExtAuthz, PARTIAL_BODY_HEADER};
+use crate::callout::{GrpcCall, GrpcReply};
+use crate::jwt::Identity;
+use crate::request::RequestView;
+use crate::response::is_valid_header_value;
+use prost::Message;
+use std::collections::BTreeMap;
+
+pub const SERVICE: &str = "envoy.service.auth.v3.Authorization";
+pub const METHOD: &str = "Check";
+/// The namespace Envoy's `jwt_authn` publishes verified claims under.
+pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+/// A `CheckResponse` longer than this is an error (they are small; a
+/// denial's body is capped at `MAX_DENIED_BODY_BYTES` anyway).
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+
+/// `HeaderAppendAction` values.
+const APPEND_IF_EXISTS_OR_ADD: i32 = 0;
+const ADD_IF_ABSENT: i32 = 1;
+const OVERWRITE_IF_EXISTS_OR_ADD: i32 = 2;
+const OVERWRITE_IF_EXISTS: i32 = 3;
+
+/// The request facts Envoy puts in a `CheckRequest` that are not headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Connection {
+    /// `ip:port` of the downstream peer (`source.address`).
+    pub source: Option<String>,
+    /// `ip:port` the downstream connected to (`destination.address`).
+    pub destination: Option<String>,
+    /// `HTTP/1.1`, `HTTP/2`... (`request.protocol`).
+    pub protocol: Option<String>,
+}
+
+fn peer(address: Option<&str>) -> Option<Peer> {
+    let address = address?;
+    // `ip:port`, `[v6]:port`.
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(Peer {
+        address: Some(Address {
+            socket_address: Some(SocketAddress {
+                protocol: 0,
+                address: host.to_string(),
+                port_value: port.parse().unwrap_or(0),
+            }),
+        }),
+        ..Default::default()
+    })
+}
+
+/// A JSON value as `google.protobuf.Value`.
+pub fn to_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    let mut out = Value::default();
+    match v {
+        J::Null => out.null_value = Some(0),
+        J::Bool(b) => out.bool_value = Some(*b),
+        J::Number(n) => out.number_value = Some(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => out.string_value = Some(s.clone()),
+        J::Array(a) => {
+            out.list_value = Some(ListValue {
+                values: a.iter().map(to_value).collect(),
+            })
+        }
+        J::Object(o) => out.struct_value = Some(to_struct(o)),
+    }
+    out
+}
+
+fn to_struct(o: &serde_json::Map<String, serde_json::Value>) -> Struct {
+    Struct {
+        fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+    }
+}
+
+/// `google.protobuf.Struct` as JSON (for filter state).
+pub fn struct_to_json(s: &Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    if let Some(s) = &v.struct_value {
+        return struct_to_json(s);
+    }
+    if let Some(l) = &v.list_value {
+        return J::Array(l.values.iter().map(value_to_json).collect());
+    }
+    if let Some(s) = &v.string_value {
+        return J::String(s.clone());
+    }
+    if let Some(b) = v.bool_value {
+        return J::Bool(b);
+    }
+    if let Some(n) = v.number_value {
+        return serde_json::Number::from_f64(n).map_or(J::Null, J::Number);
+    }
+    J::Null
+}
+
+impl ExtAuthz {
+    /// The `CheckRequest` for this request, as Envoy's `ext_authz` builds
+    /// it: every request header (pseudo-headers included, names lowercase,
+    /// repeats joined with `,`), method, path, host, scheme, protocol, the
+    /// addresses, `context_extensions`, the verified JWT claims as
+    /// `jwt_authn` metadata, and the body when configured.
+    pub fn grpc_check_request(
+        &self,
+        req: &RequestView,
+        identities: &[Identity],
+        body: Option<(&[u8], bool)>,
+        now: u64,
+    ) -> CheckRequest {
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        let pseudo = [
+            (":authority", req.authority()),
+            (":method", req.method()),
+            (":path", req.path()),
+            (":scheme", req.scheme()),
+        ];
+        let all = pseudo
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .chain(req.headers().iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        for (name, value) in all {
+            // A client's x-envoy-auth-partial-body never reaches the service.
+            if name == PARTIAL_BODY_HEADER {
+                continue;
+            }
+            headers
+                .entry(name.to_string())
+                .and_modify(|v| {
+                    v.push(',');
+                    v.push_str(value);
+                })
+                .or_insert_with(|| value.to_string());
+        }
+        let mut http = HttpRequest {
+            id: req.header("x-request-id").unwrap_or_default().to_string(),
+            method: req.method().to_string(),
+            path: req.path().to_string(),
+            host: req.authority().to_string(),
+            scheme: req.scheme().to_string(),
+            protocol: req.connection().protocol.clone().unwrap_or_default(),
+            size: req
+                .header("content-length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(-1),
+            ..Default::default()
+        };
+        if let Some((bytes, partial)) = body {
+            headers.insert(PARTIAL_BODY_HEADER.to_string(), partial.to_string());
+            if self
+                .with_request_body
+                .as_ref()
+                .is_some_and(|b| b.pack_as_bytes)
+            {
+                http.raw_body = bytes.to_vec();
+            } else {
+                http.body = String::from_utf8_lossy(bytes).into_owned();
+            }
+        }
+        http.headers = headers;
+        let mut jwt = Struct::default();
+        for id in identities {
+            jwt.fields
+                .entry(id.provider.clone())
+                .or_insert_with(|| Value {
+                    struct_value: Some(to_struct(&id.claims.payload)),
+                    ..Default::default()
+                });
+        }
+        let metadata_context = (!jwt.fields.is_empty()).then(|| Metadata {
+            filter_metadata: BTreeMap::from([(JWT_AUTHN_NAMESPACE.to_string(), jwt)]),
+        });
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: peer(req.connection().source.as_deref()),
+                destination: peer(req.connection().destination.as_deref()),
+                request: Some(Request {
+                    time: Some(Timestamp {
+                        seconds: i64::try_from(now).unwrap_or(i64::MAX),
+                        nanos: 0,
+                    }),
+                    http: Some(http),
+                }),
+                context_extensions: self.context_extensions_for(req),
+                metadata_context,
+            }),
+        }
+    }
+
+    /// The decision-cache key of a check: the `CheckRequest` as it will be
+    /// sent, with what differs for every request of one caller left out
+    /// (the request id, the time, the client's port), and the call's
+    /// target and metadata; then the configured `key_headers`.
+    pub fn grpc_cache_key(
+        &self,
+        svc: &GrpcSettings,
+        check: &CheckRequest,
+        req: &RequestView,
+    ) -> Option<DecisionKey> {
+        let cfg = self.decision_cache.as_ref()?;
+        let mut h = KeyHasher::new(cfg.secret.as_ref()?, "grpc")?;
+        h.field(svc.cluster.as_bytes());
+        h.field(svc.authority.as_bytes());
+        for (k, v) in &svc.initial_metadata {
+            h.field(k.as_bytes());
+            h.field(v.as_bytes());
+        }
+        let mut stable = check.clone();
+        if let Some(attributes) = &mut stable.attributes {
+            if let Some(request) = &mut attributes.request {
+                request.time = None;
+                if let Some(http) = &mut request.http {
+                    http.id.clear();
+                    http.headers.remove("x-request-id");
+                }
+            }
+            let source = attributes.source.as_mut().and_then(|p| p.address.as_mut());
+            if let Some(socket) = source.and_then(|a| a.socket_address.as_mut()) {
+                socket.port_value = 0;
+            }
+        }
+        h.field(b"\0check");
+        h.field(&stable.encode_to_vec());
+        Some(h.finish(cfg, req))
+    }
+
+    /// The call to send for a check.
+    pub fn grpc_call(&self, svc: &GrpcSettings, check: &CheckRequest) -> GrpcCall {
+        GrpcCall {
+            cluster: svc.cluster.clone(),
+            upstream: GrpcService {
+                envoy_grpc: Some(EnvoyGrpc {
+                    cluster_name: svc.cluster.clone(),
+                    authority: svc.authority.clone(),
+                }),
+            }
+            .encode_to_vec(),
+            service: SERVICE.to_string(),
+            method: METHOD.to_string(),
+            initial_metadata: svc.initial_metadata.clone(),
+            message: check.encode_to_vec(),
+            timeout: svc.timeout,
+        }
+    }
+
+    /// Reads the service's answer. `OK` allows; any other code denies (with
+    /// `denied_response`, 403 and empty when unset); a failed call, a reply
+    /// that is not a `CheckResponse` or is too large, is an error.
+    pub fn grpc_decide(&self, reply: &GrpcReply) -> AuthDecision {
+        let bytes = match reply {
+            GrpcReply::Message(bytes) => bytes,
+            GrpcReply::Failed { code, .. } => {
+                return AuthDecision::Error(ErrorKind::GrpcStatus(*code))
+            }
+        };
+        if bytes.len() > MAX_REPLY_BYTES {
+            return AuthDecision::Error(ErrorKind::Malformed);
+        }
+        let Ok(response) = CheckResponse::decode(bytes.as_slice()) else {
+            return AuthDecision::Error(ErrorKind::Malformed);
+        };
+        let code = response.status.as_ref().map_or(0, |s| s.code);
+        if code != 0 {
+            let denied = response.denied_response.unwrap_or_default();
+            let status = denied
+                .status
+                .map(|s| s.code)
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (200..=599).contains(c))
+                .unwrap_or(403);
+            // A denial's headers overwrite one another unless `append` says so.
+            let mut headers = Vec::new();
+            for option in &denied.headers {
+                if let Some((name, value, _)) = header_option(option) {
+                    if !option.append.as_ref().is_some_and(|a| a.value) {
+                        headers.retain(|(k, _): &(String, String)| *k != name);
+                    }
+                    headers.push((name, value));
+                }
+            }
+            let mut body = denied.body.into_bytes();
+            body.truncate(super::MAX_DENIED_BODY_BYTES);
+            return AuthDecision::Deny {
+                status,
+                headers,
+                body,
+            };
+        }
+        let ok = response.ok_response.unwrap_or_default();
+        let mut allowed = Allowed::default();
+        for option in &ok.headers {
+            let Some((name, value, action)) = header_option(option) else {
+                continue;
+            };
+            // Neither routing pseudo-headers nor `host` are the service's to change.
+            if name == "host" || name.starts_with(':') {
+                continue;
+            }
+            let list = match action {
+                Action::Set => &mut allowed.upstream_set,
+                Action::Add => &mut allowed.upstream_append,
+                Action::AppendToExisting => &mut allowed.upstream_append_existing,
+                Action::AddIfAbsent => &mut allowed.upstream_add_if_absent,
+                Action::OverwriteIfExists => &mut allowed.upstream_overwrite_if_exists,
+            };
+            list.push((name, value));
+        }
+        allowed.upstream_remove = ok
+            .headers_to_remove
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .filter(|h| !h.starts_with(':') && h != "host" && super::is_header_name(h))
+            .collect();
+        allowed.client = ok
+            .response_headers_to_add
+            .iter()
+            .filter_map(header_option)
+            .map(|(k, v, _)| (k, v))
+            .collect();
+        allowed.query_set = ok
+            .query_parameters_to_set
+            .iter()
+            .filter(|q| !q.key.is_empty())
+            .map(|q| (q.key.clone(), q.value.clone()))
+            .collect();
+        allowed.query_remove = ok.query_parameters_to_remove.clone();
+        allowed.metadata = ok
+            .dynamic_metadata
+            .as_ref()
+            .or(response.dynamic_metadata.as_ref())
+            .filter(|m| !m.fields.is_empty())
+            .map(|m| struct_to_json(m).to_string());
+        AuthDecision::Allow(allowed)
+    }
+}
+
+enum Action {
+    Set,
+    Add,
+    AppendToExisting,
+    AddIfAbsent,
+    OverwriteIfExists,
+}
+
+/// A header option as Envoy's `ext_authz` reads it: the deprecated `append`
+/// when present (true: append to an existing header, false: overwrite),
+/// else `append_action`. `None` for a name or value no header may carry.
+fn header_option(option: &HeaderValueOption) -> Option<(String, String, Action)> {
+    let header = option.header.as_ref()?;
+    let name = header.key.to_ascii_lowercase();
+    let value = if header.value.is_empty() && !header.raw_value.is_empty() {
+        String::from_utf8(header.raw_value.clone()).ok()?
+    } else {
+        header.value.clone()
+    };
+    if !super::is_header_name(&name) && !name.starts_with(':') || !is_valid_header_value(&value) {
+        return None;
+    }
+    let action = match (&option.append, option.append_action) {
+        (Some(append), _) if append.value => Action::AppendToExisting,
+        (Some(_), _) => Action::Set,
+        (None, APPEND_IF_EXISTS_OR_ADD) => Action::Add,
+        (None, ADD_IF_ABSENT) => Action::AddIfAbsent,
+        (None, OVERWRITE_IF_EXISTS_OR_ADD) => Action::Set,
+        (None, OVERWRITE_IF_EXISTS) => Action::OverwriteIfExists,
+        (None, _) => return None,
+    };
+    Some((name, value, action))
+}
