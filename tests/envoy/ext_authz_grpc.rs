@@ -384,9 +384,16 @@ fn grpc_ok_response_edits_metadata_and_the_whole_chain() {
         a["context_extensions"],
         json!({"gateway": "ai", "route": "chat"})
     );
-    drop(envoy); // flushes the access log
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let line = log.lines().last().unwrap_or_default().to_string();
+    // Envoy writes the access log file on its flush interval (1 s by
+    // default), not at once: wait for the line, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut line = String::new();
+    while line.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        line = log.lines().last().unwrap_or_default().to_string();
+    }
+    drop(envoy);
     let metadata: Value = serde_json::from_str(line.trim_start_matches("metadata="))
         .unwrap_or_else(|e| panic!("{line:?}: {e}"));
     assert_eq!(metadata, json!({"plan": "pro", "limits": {"rpm": 60.0}}));
