@@ -14,6 +14,7 @@
 //!   one space, repeated headers joined by `,`, sorted by name.
 
 use crate::secret::Secret;
+use crate::vocab::hex::{encode as hex, encode_upper, percent_decode};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
@@ -131,60 +132,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        for nibble in [b >> 4, b & 0x0f] {
-            if let Some(&c) = DIGITS.get(usize::from(nibble)) {
-                out.push(char::from(c));
-            }
-        }
-    }
-    out
-}
-
 /// SigV4's URI encoding: unreserved characters as they are, every other
 /// byte as `%XX` (uppercase); `/` kept when `keep_slash`.
 pub fn uri_encode(text: &[u8], keep_slash: bool, out: &mut String) {
-    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
     for &b in text {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
             out.push(char::from(b));
         } else {
             out.push('%');
-            for nibble in [b >> 4, b & 0x0f] {
-                if let Some(&c) = UPPER.get(usize::from(nibble)) {
-                    out.push(char::from(c));
-                }
-            }
+            out.push_str(&encode_upper(std::slice::from_ref(&b)));
         }
     }
-}
-
-/// `%XX` decoded; a `%` not followed by two hex digits stays as it is.
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, hex) {
-            (b'%', Some(decoded)) => {
-                out.push(decoded);
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// RFC 3986 5.2.4 dot segments removed, and empty segments too (AWS wants

@@ -122,9 +122,13 @@ fn text(content: &str) -> Result<String, String> {
             "apos" => '\'',
             _ => {
                 let code = if let Some(hex) = entity.strip_prefix("#x") {
-                    u32::from_str_radix(hex, 16).ok()
+                    crate::vocab::hex::number(hex)
                 } else if let Some(dec) = entity.strip_prefix('#') {
-                    dec.parse().ok()
+                    // `parse` would take a sign: digits only.
+                    dec.bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| dec.parse().ok())
+                        .flatten()
                 } else {
                     None
                 };
@@ -195,6 +199,27 @@ mod tests {
         assert_eq!(creds("SessionToken").unwrap(), "AQoDYXdzE&+/=");
         assert_eq!(creds("Expiration").unwrap(), "2026-12-03T09:41:05.123Z");
         assert!(creds("Nope").is_err());
+    }
+
+    #[test]
+    fn character_references_are_digits_only() {
+        let with = |entity: &str| {
+            let doc = STS.replace("ASIAIOSFODNN7EXAMPLE", &format!("ASIA{entity}"));
+            text_at(
+                &doc,
+                &[
+                    "AssumeRoleWithWebIdentityResponse",
+                    "AssumeRoleWithWebIdentityResult",
+                    "Credentials",
+                    "AccessKeyId",
+                ],
+            )
+        };
+        assert_eq!(with("&#x41;&#65;").unwrap(), "ASIAAA");
+        // `from_str_radix` and `parse` take a sign; an entity does not.
+        assert!(with("&#x+41;").is_err());
+        assert!(with("&#+65;").is_err());
+        assert!(with("&#x;").is_err());
     }
 
     #[test]

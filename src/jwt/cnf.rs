@@ -150,7 +150,7 @@ impl<'a> Binder<'a> {
         };
         let bound = decode_b64url(thumbprint)
             .ok_or(JwtError::BadPayload("`cnf` x5t#S256 is not base64url"))?;
-        if decode_hex(digest).is_some_and(|presented| presented == bound) {
+        if crate::vocab::hex::decode(digest).is_some_and(|presented| presented == bound) {
             self.counters.push(Counter::CertificateBoundVerified);
             Ok(())
         } else {
@@ -267,17 +267,6 @@ impl<'a> Binder<'a> {
             )),
         }
     }
-}
-
-/// Lower- or upper-case hex, as Envoy prints certificate digests.
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -364,13 +364,12 @@ fn percent_normalize(path: &str) -> Option<String> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = path.get(i + 1..i + 3)?;
-            let value = u8::from_str_radix(hex, 16).ok()?;
+            let value = crate::vocab::hex::byte(bytes.get(i + 1..i + 3)?)?;
             if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
                 out.push(char::from(value));
             } else {
                 out.push('%');
-                out.push_str(&hex.to_ascii_uppercase());
+                out.push_str(&crate::vocab::hex::encode_upper(&[value]));
             }
             i += 3;
         } else {

@@ -181,6 +181,8 @@ fn htu_is_compared_after_normalisation() {
     assert_eq!(normalize_uri("ftp://a.example/"), None);
     assert_eq!(normalize_uri("http://user@a.example/"), None);
     assert_eq!(normalize_uri("http://a.example/%zz"), None);
+    // A sign is not a hex digit (`from_str_radix` would read `%+1` as 0x01).
+    assert_eq!(normalize_uri("http://a.example/%+1"), None);
 }
 
 #[test]

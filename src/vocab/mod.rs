@@ -1,11 +1,12 @@
 //! The shared vocabulary of the configuration: errors that name the field,
 //! data sources, durations, header names, `HttpUri`, and how remote text is
-//! quoted in a log line (`quote`). A leaf: it imports no
+//! quoted in a log line (`quote`), hex and percent-escapes (`hex`). A leaf: it imports no
 //! stage, and every stage (and `config`, which assembles them) imports it.
 
 pub mod client_auth;
 pub mod duration;
 mod error;
+pub mod hex;
 mod http_uri;
 mod quote;
 pub mod timestamp;
