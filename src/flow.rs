@@ -686,20 +686,10 @@ fn on_auth_service_response(
         return finish_owned(cfg, flight);
     };
     let decision = authz.http_decide(&reply);
-    if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, &flight.cache_key) {
-        decision_cache::remember(
-            cache_cfg,
-            &authz.cache_namespace,
-            store,
-            key,
-            &decision,
-            reply.header("cache-control"),
-            now,
-        );
-    }
     let status = reply.status.map_or("none".to_string(), |s| s.to_string());
     flight.note(|| format!("ext_authz: service status={status}"));
-    apply_decision(cfg, authz, flight, &decision)
+    let cache_control = reply.header("cache-control");
+    conclude(cfg, authz, store, flight, &decision, cache_control, now)
 }
 
 /// The auth service's gRPC answer (or the call's failure).
@@ -715,17 +705,6 @@ pub fn on_grpc_response(
         return finish_owned(cfg, flight);
     };
     let decision = authz.grpc_decide(&reply);
-    if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, &flight.cache_key) {
-        decision_cache::remember(
-            cache_cfg,
-            &authz.cache_namespace,
-            store,
-            key,
-            &decision,
-            None,
-            now,
-        );
-    }
     flight.note(|| match &reply {
         GrpcReply::Message(m) => format!("ext_authz: gRPC reply of {} bytes", m.len()),
         GrpcReply::Failed { code, message } => format!(
@@ -733,7 +712,32 @@ pub fn on_grpc_response(
             crate::vocab::quote(message)
         ),
     });
-    apply_decision(cfg, authz, flight, &decision)
+    conclude(cfg, authz, store, flight, &decision, None, now)
+}
+
+/// The service's decision, whichever transport carried it: remembered in
+/// the decision cache (with the HTTP reply's `cache-control`), then applied.
+fn conclude(
+    cfg: &FilterConfig,
+    authz: &ExtAuthz,
+    store: &dyn SharedStore,
+    flight: InFlight,
+    decision: &AuthDecision,
+    cache_control: Option<&str>,
+    now: u64,
+) -> (Decision, Option<InFlight>) {
+    if let (Some(cache_cfg), Some(key)) = (&authz.decision_cache, &flight.cache_key) {
+        decision_cache::remember(
+            cache_cfg,
+            &authz.cache_namespace,
+            store,
+            key,
+            decision,
+            cache_control,
+            now,
+        );
+    }
+    apply_decision(cfg, authz, flight, decision)
 }
 
 /// The host could not send the callout at all.
