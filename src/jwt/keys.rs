@@ -324,7 +324,9 @@ fn parse_jwk(entry: &Value) -> Result<Jwk, Unusable> {
             if !["P-256", "P-384", "P-521"].contains(&crv) {
                 return Err(unsupported_curve(crv));
             }
-            KeyMaterial::ec(crv, &b64("x")?, &b64("y")?).map_err(malformed)?
+            KeyMaterial::ec(crv, &b64("x")?, &b64("y")?)
+                .map_err(malformed)?
+                .prepared()
         }
         "OKP" => {
             let crv = member("crv")?

@@ -11,6 +11,7 @@ pub mod cnf;
 pub mod config;
 pub mod dpop;
 pub mod error;
+pub mod es256;
 pub mod keys;
 pub mod protected_resource;
 pub mod replay;

@@ -4,7 +4,8 @@
 //! - RS*/PS*: our own `rsa` module on `crypto-bigint`, the modulus prepared
 //!   (Montgomery form) once per key.
 //! - EdDSA: `ed25519-dalek`, strict verification.
-//! - ES256/ES384/ES512: RustCrypto's `p256`/`p384`/`p521`.
+//! - ES256/ES384/ES512: RustCrypto's `p256`/`p384`/`p521`; a JWKS P-256 key
+//!   gets per-key tables (`es256`), a one-off key (a DPoP proof's) does not.
 //! - HS*: RustCrypto's `hmac`, constant-time tag comparison.
 //!
 //! Our own code has already parsed the token strictly and checked the claims
@@ -24,11 +25,17 @@ pub const MAX_RSA_BITS: usize = 8192;
 /// A public (or, for HS*, shared) key ready to verify.
 pub enum KeyMaterial {
     Rsa(Box<RsaPublicKey>),
-    P256(Box<p256::ecdsa::VerifyingKey>),
+    P256(Box<P256Key>),
     P384(Box<p384::ecdsa::VerifyingKey>),
     P521(Box<p521::ecdsa::VerifyingKey>),
     Ed25519(Box<ed25519_dalek::VerifyingKey>),
     Hmac(Box<HmacKey>),
+}
+
+/// A P-256 key, with its verification tables once it is known to live.
+pub struct P256Key {
+    key: p256::ecdsa::VerifyingKey,
+    prepared: Option<super::es256::PreparedKey>,
 }
 
 /// An HMAC secret; never printed.
@@ -89,9 +96,10 @@ impl KeyMaterial {
         point.extend_from_slice(y);
         let off_curve = || format!("EC point is not on {crv}");
         Ok(match crv {
-            "P-256" => KeyMaterial::P256(Box::new(
-                p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
-            )),
+            "P-256" => KeyMaterial::P256(Box::new(P256Key {
+                key: p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
+                prepared: None,
+            })),
             "P-384" => KeyMaterial::P384(Box::new(
                 p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
             )),
@@ -99,6 +107,19 @@ impl KeyMaterial {
                 p521::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
             )),
         })
+    }
+
+    /// The key with what makes each verification cheaper computed now: for
+    /// keys that verify many tokens (a JWKS's), not a proof's one-off key.
+    /// Costs about one verification, once.
+    pub fn prepared(self) -> Self {
+        match self {
+            KeyMaterial::P256(k) => KeyMaterial::P256(Box::new(P256Key {
+                prepared: Some(super::es256::PreparedKey::new(&k.key)),
+                key: k.key,
+            })),
+            other => other,
+        }
     }
 
     pub fn ed25519(x: &[u8]) -> Result<Self, String> {
@@ -158,7 +179,10 @@ impl KeyMaterial {
             (KeyMaterial::Rsa(k), PS256) => k.verify_pss(RsaHash::Sha256, signing_input, signature),
             (KeyMaterial::Rsa(k), PS384) => k.verify_pss(RsaHash::Sha384, signing_input, signature),
             (KeyMaterial::Rsa(k), PS512) => k.verify_pss(RsaHash::Sha512, signing_input, signature),
-            (KeyMaterial::P256(k), ES256) => verify_p256(k, signing_input, signature),
+            (KeyMaterial::P256(k), ES256) => match &k.prepared {
+                Some(prepared) => prepared.verify(signing_input, signature),
+                None => verify_p256(&k.key, signing_input, signature),
+            },
             (KeyMaterial::P384(k), ES384) => verify_p384(k, signing_input, signature),
             (KeyMaterial::P521(k), ES512) => verify_p521(k, signing_input, signature),
             (KeyMaterial::Ed25519(k), EdDSA) => verify_ed25519(k, signing_input, signature),

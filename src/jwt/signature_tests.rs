@@ -221,8 +221,19 @@ fn wycheproof_ecdsa_p1363() {
             assert_eq!(point.first(), Some(&0x04), "{file}: uncompressed point");
             let (x, y) = point[1..].split_at((point.len() - 1) / 2);
             let key = KeyMaterial::ec(crv, x, y);
+            // A JWKS key is verified with its prepared tables (P-256): both
+            // ways must give the same verdict on every vector.
+            let prepared = KeyMaterial::ec(crv, x, y).map(KeyMaterial::prepared);
             for t in &group.tests {
                 let verdict = key.as_ref().is_ok_and(|k| k.verify(alg, &t.msg, &t.sig));
+                let prepared_verdict = prepared
+                    .as_ref()
+                    .is_ok_and(|k| k.verify(alg, &t.msg, &t.sig));
+                assert_eq!(
+                    verdict, prepared_verdict,
+                    "{file} tcId {}: the prepared key disagrees",
+                    t.tc_id
+                );
                 judge(
                     tally,
                     &mut acceptable,
@@ -466,7 +477,8 @@ fn differential_ecdsa_against_jwt_simple() {
         };
         let point = signer.verifying_key().to_sec1_point(false);
         let (x, y) = point.as_bytes()[1..].split_at(32);
-        let ours = KeyMaterial::ec("P-256", x, y).unwrap();
+        let plain = KeyMaterial::ec("P-256", x, y).unwrap();
+        let ours = KeyMaterial::ec("P-256", x, y).unwrap().prepared();
         let theirs = ES256PublicKey::from_bytes(point.as_bytes()).unwrap();
         let sign = |m: &[u8]| {
             use p256::ecdsa::signature::Signer;
@@ -478,9 +490,11 @@ fn differential_ecdsa_against_jwt_simple() {
                 .verify_token::<NoCustomClaims>(t, jwt_simple_options())
                 .is_ok()
         };
-        let (c, a) = compare(&mut rng, &ours, Alg::ES256, 4, sign, reference);
-        compared += c;
-        accepted += a;
+        for key in [&plain, &ours] {
+            let (c, a) = compare(&mut rng, key, Alg::ES256, 4, sign, reference);
+            compared += c;
+            accepted += a;
+        }
         // (r, n - s) is valid ECDSA too: JWS does not ask for low S, and
         // both verifiers must give the same answer.
         let input = random_signing_input(&mut rng, Alg::ES256);
