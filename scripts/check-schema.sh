@@ -25,6 +25,7 @@ if ! diff -q "$work/generated.json" "$schema" >/dev/null; then
 fi
 echo "check-schema: $schema is current"
 
+FILTER_WASM=$FILTER_WASM scripts/render-demo-config.sh > "$work/demo-envoy.yaml"
 .venv/bin/python - "$schema" "$work" "${AI_AUTH_CONFIG_CORPUS:-}" <<'PY'
 import glob, json, os, re, sys, yaml
 import jsonschema
@@ -55,6 +56,16 @@ for path in ("envoy/istio/wasmplugin.yaml", "envoy/istio/envoyfilter.yaml", "env
             good[path] = w["config"]
         for p in spec.get("configPatches", []):
             good[path] = json.loads(p["patch"]["value"]["typed_config"]["config"]["configuration"]["value"])
+# The demo gateway: each listener's plugin configuration (passthrough over
+# HTTP and over gRPC).
+demo = yaml.safe_load(open(f"{work}/demo-envoy.yaml"))
+for listener in demo["static_resources"]["listeners"]:
+    for chain in listener["filter_chains"]:
+        for f in chain["filters"][0]["typed_config"]["http_filters"]:
+            if f["name"] == "envoy.filters.http.wasm":
+                good[f"envoy/envoy.yaml listener {listener['name']}"] = json.loads(f["typed_config"]["config"]["configuration"]["value"])
+if not any(k.startswith("envoy/envoy.yaml") for k in good):
+    sys.exit("check-schema: FAIL no plugin configuration found in envoy/envoy.yaml")
 recorded = sorted(glob.glob(os.path.join(corpus, "*.json"))) if corpus else []
 for path in recorded:
     good[f"test config {os.path.basename(path)}"] = json.load(open(path))

@@ -9,7 +9,8 @@
 #                               127.0.0.1, Ctrl-C (stop time, each service ending on
 #                               SIGTERM), `docker-compose down` and `compose.sh down`
 #
-# Ports (override with the variables): gateway 10000, identity provider 9901,
+# Ports (override with the variables): gateway 10000 (passthrough over HTTP),
+# 10001 (GRPC_GATEWAY_PORT: passthrough over gRPC), identity provider 9901,
 # Envoy admin 9900 (published on 127.0.0.1 only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +29,10 @@ fi
 compose=("${compose_bin[@]}" -p "$project" -f envoy/docker-compose.yaml)
 
 GATEWAY_PORT=${GATEWAY_PORT:-10000}
+GRPC_GATEWAY_PORT=${GRPC_GATEWAY_PORT:-10001}
 IDP_PORT=${IDP_PORT:-9901}
 ADMIN_PORT=${ADMIN_PORT:-9900}
-export GATEWAY_PORT IDP_PORT ADMIN_PORT
+export GATEWAY_PORT GRPC_GATEWAY_PORT IDP_PORT ADMIN_PORT
 
 if [ "$mode" = down ]; then
   "${compose[@]}" down --remove-orphans --timeout 5
@@ -58,8 +60,8 @@ build_images() {
   }
   with_libs "$envoy_bin" "$ctx/gateway/rootfs"
   install -m 0644 "$filter_wasm" "$ctx/gateway/rootfs/etc/envoy/ai_auth_filter.wasm"
-  BIND=0.0.0.0 ADMIN_PORT=9900 GATEWAY_PORT=10000 FILTER_WASM=/etc/envoy/ai_auth_filter.wasm \
-    IDP_HOST=idp IDP_PORT=9901 LLM_HOST=mock-llm LLM_PORT=9902 AUTHZ_HOST=authz AUTHZ_PORT=9903 \
+  BIND=0.0.0.0 ADMIN_PORT=9900 GATEWAY_PORT=10000 GRPC_GATEWAY_PORT=10001 FILTER_WASM=/etc/envoy/ai_auth_filter.wasm \
+    IDP_HOST=idp IDP_PORT=9901 LLM_HOST=mock-llm LLM_PORT=9902 AUTHZ_HOST=authz AUTHZ_PORT=9903 AUTHZ_GRPC_PORT=9904 \
     scripts/render-demo-config.sh > "$ctx/gateway/rootfs/etc/envoy/envoy.yaml"
   cat > "$ctx/gateway/Dockerfile" <<'DOCKERFILE'
 FROM scratch
@@ -82,11 +84,11 @@ export OPENAI_API_KEY="${OPENAI_API_KEY:-$(random_key sk-demo-)}"
 export ANTHROPIC_API_KEY="${ANTHROPIC_API_KEY:-$(random_key sk-ant-demo-)}"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-AKIADEMO$(od -An -tx1 -N6 /dev/urandom | tr -d ' \n' | tr a-f A-F)}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-$(random_key demo-aws-secret-)}"
-gw="http://127.0.0.1:$GATEWAY_PORT"; idp="http://127.0.0.1:$IDP_PORT"
+gw="http://127.0.0.1:$GATEWAY_PORT"; gw_grpc="http://127.0.0.1:$GRPC_GATEWAY_PORT"; idp="http://127.0.0.1:$IDP_PORT"
 
 if [ "$mode" = run ] || [ "$mode" = --run-built ]; then
   [ "$mode" = run ] && build_images
-  echo "compose: gateway on $gw, identity provider on $idp, Envoy admin on http://127.0.0.1:$ADMIN_PORT"
+  echo "compose: gateway on $gw (passthrough over HTTP) and $gw_grpc (over gRPC), identity provider on $idp, Envoy admin on http://127.0.0.1:$ADMIN_PORT"
   echo "compose: Ctrl-C (or 'scripts/compose.sh down' elsewhere) stops the stack and removes it"
   # Ctrl-C reaches docker-compose too, which stops the containers (each
   # service ends on SIGTERM at once); then the containers and the network go.
@@ -111,7 +113,8 @@ wait_ready() {
   for _ in $(seq 1 150); do
     if [ "$(curl -s -o /dev/null -w '%{http_code}' "$gw/v1/models" || true)" = 401 ]; then
       probe=$(curl -s "$idp/token?sub=probe" || true)
-      [ -n "$probe" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw/v1/models")" = 200 ] && return 0
+      [ -n "$probe" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw/v1/models")" = 200 ] \
+        && [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw_grpc/v1/models")" = 200 ] && return 0
     fi
     sleep 0.2
   done
@@ -138,12 +141,21 @@ expect 200 "valid token (compose)" "$gw/v1/chat/completions" -H "Authorization: 
 expect 401 "no token (compose)" "$gw/v1/chat/completions" -d "$body"
 expect 403 "wrong audience (compose)" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?aud=other-api")" -d "$body"
 expect 403 "denied by the auth service (compose)" "$gw/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=mallory")" -d "$body"
+expect 200 "valid token, passthrough over gRPC (compose)" "$gw_grpc/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=alice")" -d "$body"
+if grep -q 'plan pro, checked over grpc' "$work/body"; then ok "the gRPC auth service's headers reached the provider (compose)"
+else fail "the provider did not see the gRPC auth service's headers: $(head -c 200 "$work/body")"; fi
+expect 403 "denied by the auth service over gRPC (compose)" "$gw_grpc/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=mallory")" -d "$body"
+if grep -q 'the account of mallory is suspended' "$work/body"; then ok "the gRPC auth service's denial body reached the client (compose)"
+else fail "not the gRPC auth service's denial: $(head -c 200 "$work/body")"; fi
 expect 200 "Bedrock-shaped route, SigV4-signed by the gateway (compose)" "$gw/model/anthropic.claude-3-5-sonnet-20240620-v1:0/converse" -H "Authorization: Bearer $(curl -s "$idp/token?sub=alice")" -H "content-type: application/json" -d '{"messages":[{"role":"user","content":[{"text":"Hello"}]}]}'
-if (cd tests/sdk && ../../.venv/bin/python demo_check.py "$gw" "$idp") > "$work/sdk.log" 2>&1; then
-  ok "the openai and anthropic SDKs through the compose gateway ($(tail -n 1 "$work/sdk.log"))"
-else
-  fail "the SDKs through the compose gateway:"; cat "$work/sdk.log"
-fi
+for transport in http grpc; do
+  url=$gw; [ "$transport" = grpc ] && url=$gw_grpc
+  if (cd tests/sdk && ../../.venv/bin/python demo_check.py "$url" "$idp" "$transport") > "$work/sdk-$transport.log" 2>&1; then
+    ok "the openai and anthropic SDKs through the compose gateway, passthrough over $transport ($(tail -n 1 "$work/sdk-$transport.log"))"
+  else
+    fail "the SDKs through the compose gateway, passthrough over $transport:"; cat "$work/sdk-$transport.log"
+  fi
+done
 allowed=$(curl -s "http://127.0.0.1:$ADMIN_PORT/stats?filter=ai_auth.jwt_authn.allowed" | grep -o '[0-9]*$' || true)
 if [ "${allowed:-0}" -gt 0 ]; then ok "Envoy's admin answers on 127.0.0.1:$ADMIN_PORT (jwt_authn.allowed: $allowed)"; else fail "no stats on 127.0.0.1:$ADMIN_PORT"; fi
 published=$(docker port "$project"_gateway_1 9900/tcp 2>/dev/null || docker port "$project-gateway-1" 9900/tcp 2>/dev/null || true)
@@ -183,7 +195,7 @@ done
 # 2. `docker-compose down` as a user types it, in the repository root.
 "${compose[@]}" up -d >/dev/null 2>&1
 wait_ready || fail "the stack did not start again"
-(unset GATEWAY_PORT IDP_PORT ADMIN_PORT; "${compose_bin[@]}" down --timeout 5 >/dev/null 2>&1)
+(unset GATEWAY_PORT GRPC_GATEWAY_PORT IDP_PORT ADMIN_PORT; "${compose_bin[@]}" down --timeout 5 >/dev/null 2>&1)
 [ "$(left_over)" = "0 containers, 0 networks" ] && ok "a plain '${compose_bin[*]} down' in the repository removes the stack" \
   || fail "a plain '${compose_bin[*]} down' left $(left_over)"
 

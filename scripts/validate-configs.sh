@@ -24,7 +24,7 @@ validate() {
   echo "validate: $name OK"
 }
 
-ADMIN_PORT=0 GATEWAY_PORT=0 FILTER_WASM=$FILTER_WASM scripts/render-demo-config.sh > "$out/envoy.yaml"
+ADMIN_PORT=0 GATEWAY_PORT=0 GRPC_GATEWAY_PORT=0 FILTER_WASM=$FILTER_WASM scripts/render-demo-config.sh > "$out/envoy.yaml"
 validate envoy/envoy.yaml "$out/envoy.yaml"
 
 # The Kubernetes manifests: their plugin configuration in a minimal bootstrap,

@@ -3,7 +3,10 @@ SDKs, as an application would use it: the whole chain (JWT, the demo auth
 service, the provider key) for both providers, streams included, and the
 errors each SDK raises. Run by `scripts/demo.sh --check` (so by .ci/run).
 
-Usage: demo_check.py <gateway URL> <identity provider URL>
+Usage: demo_check.py <gateway URL> <identity provider URL> <http | grpc>
+The last argument is the transport of the gateway's passthrough: the demo
+auth service names it in a header the mock provider's answer repeats, so a
+check that went over the other transport, or none, fails here.
 Prints one line per check and `N passed, N failed`; exits 1 on a failure.
 """
 
@@ -28,7 +31,7 @@ def claims(jwt):
 
 
 def main():
-    gateway, idp = sys.argv[1], sys.argv[2]
+    gateway, idp, transport = sys.argv[1], sys.argv[2], sys.argv[3]
     v1 = f"{gateway}/v1"
     alice = token(idp, sub="alice")
     expired = token(idp, sub="alice", expires_in=-300)
@@ -42,7 +45,7 @@ def main():
     def anthropic(key, call, bearer=False):
         return {"sdk": "anthropic", "base_url": gateway, "api_key": key, "call": call, "auth_token": bearer}
 
-    greeting = "Hello alice (plan pro), this is the mock provider."
+    greeting = f"Hello alice (plan pro, checked over {transport}), this is the mock provider."
     # (what, call, check of the result)
     checks = [
         ("openai chat.completions.create", openai(alice, "chat"),

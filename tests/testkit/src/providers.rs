@@ -47,14 +47,16 @@ pub fn any_key(r: &Recorded) -> Action {
     }
 }
 
-/// What the mock answers: it names the user and plan the gateway passed on,
-/// so a demo can see the whole chain worked.
+/// What the mock answers: it names the user, the plan and the transport of
+/// the auth service's check that the gateway passed on, so a demo can see
+/// the whole chain worked.
 fn reply_words(r: &Recorded) -> Vec<String> {
     let user = r.header("x-user").unwrap_or("unknown");
-    let plan = r
-        .header("x-user-plan")
-        .map(|p| format!(" (plan {p})"))
-        .unwrap_or_default();
+    let plan = match (r.header("x-user-plan"), r.header("x-authz-transport")) {
+        (Some(plan), Some(transport)) => format!(" (plan {plan}, checked over {transport})"),
+        (Some(plan), None) => format!(" (plan {plan})"),
+        (None, _) => String::new(),
+    };
     format!("Hello {user}{plan}, this is the mock provider.")
         .split_inclusive(' ')
         .map(str::to_string)
