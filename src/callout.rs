@@ -109,7 +109,21 @@ pub trait SharedStore {
     /// Creating a key is never protected (proxy-wasm has no "create if
     /// absent"): use it on keys created beforehand.
     fn set_versioned(&self, key: &str, value: &[u8], version: u32) -> StoreWrite;
+
+    /// Creates `key` with `value` unless it exists (first writer wins);
+    /// returns whether this call created it. proxy-wasm has no "create if
+    /// absent", but the host creates a missing key whatever version a write
+    /// names and refuses a write to an existing key at another version: so
+    /// this writes at a version no live key holds in practice
+    /// ([`CREATE_ONLY`]: the host's counter, one per write across the whole
+    /// plugin, would have to stop there on this very key).
+    fn create(&self, key: &str, value: &[u8]) -> bool {
+        self.set_versioned(key, value, CREATE_ONLY) == StoreWrite::Written
+    }
 }
+
+/// The version [`SharedStore::create`] writes at.
+pub const CREATE_ONLY: u32 = u32::MAX;
 
 /// The result of a compare-and-swap write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +174,32 @@ impl SharedStore for MemoryStore {
                 StoreWrite::Written
             }
         }
+    }
+}
+
+/// A store where another VM acts between our read and our
+/// compare-and-swap write: `race` runs on the store (with the key and the
+/// version we write at) before each such write.
+#[cfg(test)]
+pub struct RacingStore<F: Fn(&MemoryStore, &str, u32)> {
+    pub inner: MemoryStore,
+    pub race: F,
+}
+
+#[cfg(test)]
+impl<F: Fn(&MemoryStore, &str, u32)> SharedStore for RacingStore<F> {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8]) {
+        self.inner.set(key, value)
+    }
+    fn get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.inner.get_versioned(key)
+    }
+    fn set_versioned(&self, key: &str, value: &[u8], version: u32) -> StoreWrite {
+        (self.race)(&self.inner, key, version);
+        self.inner.set_versioned(key, value, version)
     }
 }
 

@@ -28,6 +28,7 @@ pub mod request;
 pub mod response;
 pub mod route;
 pub mod secret;
+pub mod shared_cache;
 pub mod stats;
 pub mod vocab;
 

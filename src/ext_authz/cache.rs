@@ -19,6 +19,7 @@ use super::config::DecisionCacheConfig;
 use super::AuthDecision;
 use crate::callout::SharedStore;
 use crate::request::RequestView;
+use crate::shared_cache::{Lookup, SlotCache};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -48,25 +49,42 @@ impl CacheSecret {
 }
 
 /// The configuration's random secret, shared by every worker VM through
-/// shared data: the first VM to load creates it; the others read it. Two
-/// VMs loading at the same instant may both create one (shared data has no
-/// "create if absent"); the last write wins and a VM that kept the other
-/// only loses cache sharing, never correctness. `None` when no random
-/// bytes could be had (the cache is then off, and the caller logs it).
+/// shared data: the first VM to write it wins ([`SharedStore::create`], or
+/// a compare-and-swap over a value that is no secret) and every VM uses
+/// what is stored, so VMs loading at the same instant share one key and so
+/// the cache. `None` when no random bytes could be had (the cache is then
+/// off, and the caller logs it).
 pub fn shared_secret(namespace: &str, store: &dyn SharedStore) -> Option<CacheSecret> {
     let key = format!("ai_auth.authz.{namespace}.secret");
-    if let Some(secret) = store.get(&key).and_then(|b| CacheSecret::from_stored(&b)) {
-        return Some(secret);
+    let mut fresh = None;
+    // Each lost write means another VM's secret is there to read.
+    for _ in 0..3 {
+        let stored = store.get_versioned(&key);
+        if let Some(secret) = stored
+            .as_ref()
+            .and_then(|(b, _)| CacheSecret::from_stored(b))
+        {
+            return Some(secret);
+        }
+        let mine = match fresh {
+            Some(bytes) => bytes,
+            None => {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).ok()?;
+                *fresh.insert(bytes)
+            }
+        };
+        match stored {
+            None => {
+                store.create(&key, &mine);
+            }
+            Some((_, version)) => {
+                store.set_versioned(&key, &mine, version);
+            }
+        }
     }
-    let mut fresh = [0u8; 32];
-    getrandom::fill(&mut fresh).ok()?;
-    store.set(&key, &fresh);
-    Some(
-        store
-            .get(&key)
-            .and_then(|b| CacheSecret::from_stored(&b))
-            .unwrap_or(CacheSecret(fresh)),
-    )
+    // The store takes no write: this VM's own key (no sharing, still correct).
+    fresh.map(CacheSecret)
 }
 
 /// Builds a [`DecisionKey`] from length-prefixed fields, so no two
@@ -106,23 +124,14 @@ const MAX_CACHED_BODY: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecisionKey([u8; 32]);
 
-impl DecisionKey {
-    fn slot(&self, max_entries: usize) -> usize {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
-        (u64::from_le_bytes(first) % max_entries.max(1) as u64) as usize
-    }
-}
-
-/// A compact binary form of an entry: serde_json cost several µs per hit in
-/// the VM. Layout: version, key (32), expiry (u64 LE), then the decision:
-/// `0` allow with its header lists, query edits and metadata, or `1` deny
+/// A compact binary form of a decision (the payload of a slot entry):
+/// serde_json cost several µs per hit in the VM. Layout: `0` allow with its header lists, query edits and metadata, or `1` deny
 /// with status, headers, body.
 /// Strings and lists are u16/u32-length-prefixed; decoding checks every bound.
 mod wire {
     use super::super::{Allowed, AuthDecision};
 
-    const VERSION: u8 = 2;
+    pub const VERSION: u8 = 2;
 
     fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Option<()> {
         out.extend_from_slice(&u32::try_from(b.len()).ok()?.to_le_bytes());
@@ -139,11 +148,8 @@ mod wire {
         Some(())
     }
 
-    pub fn encode(key: &[u8; 32], expires_at: u64, decision: &AuthDecision) -> Option<Vec<u8>> {
+    pub fn encode(decision: &AuthDecision) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(128);
-        out.push(VERSION);
-        out.extend_from_slice(key);
-        out.extend_from_slice(&expires_at.to_le_bytes());
         match decision {
             AuthDecision::Allow(a) => {
                 out.push(0);
@@ -204,9 +210,6 @@ mod wire {
         fn u32(&mut self) -> Option<u32> {
             Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
         }
-        fn u64(&mut self) -> Option<u64> {
-            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-        }
         fn bytes(&mut self) -> Option<&'a [u8]> {
             let n = usize::try_from(self.u32()?).ok()?;
             self.take(n)
@@ -226,14 +229,9 @@ mod wire {
         }
     }
 
-    /// The decision stored under `key`, with its expiry; `None` for another
-    /// key (a slot reused) or anything malformed.
-    pub fn decode(bytes: &[u8], key: &[u8; 32]) -> Option<(u64, AuthDecision)> {
+    /// The decision, or `None` for anything malformed.
+    pub fn decode(bytes: &[u8]) -> Option<AuthDecision> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION || r.take(32)? != key {
-            return None;
-        }
-        let expires_at = r.u64()?;
         let decision = match r.u8()? {
             0 => AuthDecision::Allow(Allowed {
                 upstream_set: r.headers()?,
@@ -258,12 +256,16 @@ mod wire {
             },
             _ => return None,
         };
-        Some((expires_at, decision))
+        r.0.is_empty().then_some(decision)
     }
 }
 
-fn store_key(namespace: &str, slot: usize) -> String {
-    format!("ai_auth.authz.{namespace}.{slot}")
+fn slots(cfg: &DecisionCacheConfig, namespace: &str) -> SlotCache {
+    SlotCache::new(
+        format!("ai_auth.authz.{namespace}"),
+        cfg.max_entries,
+        wire::VERSION,
+    )
 }
 
 /// The wire form, for the stage's tests.
@@ -279,9 +281,10 @@ pub fn lookup(
     key: &DecisionKey,
     now: u64,
 ) -> Option<AuthDecision> {
-    let bytes = store.get(&store_key(namespace, key.slot(cfg.max_entries)))?;
-    let (expires_at, decision) = wire::decode(&bytes, &key.0)?;
-    (now < expires_at).then_some(decision)
+    match slots(cfg, namespace).get(store, &key.0, now) {
+        Lookup::Hit(payload) => wire::decode(&payload),
+        Lookup::Miss | Lookup::Malformed => None,
+    }
 }
 
 /// `max-age` from `Cache-Control`; `no-store`/`no-cache` mean zero.
@@ -319,9 +322,9 @@ pub fn remember(
     if ttl == 0 {
         return false;
     }
-    match wire::encode(&key.0, now.saturating_add(ttl), decision) {
-        Some(bytes) => {
-            store.set(&store_key(namespace, key.slot(cfg.max_entries)), &bytes);
+    match wire::encode(decision) {
+        Some(payload) => {
+            slots(cfg, namespace).put(store, &key.0, now.saturating_add(ttl), &payload);
             true
         }
         None => false,
@@ -331,7 +334,7 @@ pub fn remember(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callout::MemoryStore;
+    use crate::callout::{MemoryStore, RacingStore};
     use crate::ext_authz::ErrorKind;
 
     fn cfg(denied: u64) -> DecisionCacheConfig {
@@ -387,6 +390,31 @@ mod tests {
         let first = shared_secret("ns", &store).unwrap();
         assert_eq!(shared_secret("ns", &store), Some(first.clone()));
         assert_ne!(shared_secret("other", &store), Some(first));
+    }
+
+    #[test]
+    fn of_two_vms_creating_the_secret_at_once_the_first_writer_wins() {
+        // Both VMs found no secret; the other writes its own first.
+        let store = RacingStore {
+            inner: MemoryStore::default(),
+            race: |inner: &MemoryStore, key: &str, _| {
+                if inner.get(key).is_none() {
+                    inner.create(key, &[9; 32]);
+                }
+            },
+        };
+        let ours = shared_secret("ns", &store).unwrap();
+        assert_eq!(
+            ours,
+            CacheSecret([9; 32]),
+            "we lost the race: theirs, re-read"
+        );
+        assert_eq!(shared_secret("ns", &store.inner), Some(ours));
+        // A value that is no secret (another layout) is replaced, once.
+        let store = MemoryStore::default();
+        store.set("ai_auth.authz.ns.secret", b"short");
+        let fixed = shared_secret("ns", &store).unwrap();
+        assert_eq!(shared_secret("ns", &store), Some(fixed));
     }
 
     fn allow() -> AuthDecision {
@@ -462,7 +490,6 @@ mod tests {
 
     #[test]
     fn wire_form_round_trips_and_rejects_garbage() {
-        let key = [7u8; 32];
         let deny = AuthDecision::Deny {
             status: 302,
             headers: vec![("location".into(), "/login".into())],
@@ -481,22 +508,17 @@ mod tests {
             metadata: Some("{\"j\":9}".into()),
         });
         for d in [allow(), deny, full] {
-            let bytes = wire::encode(&key, 42, &d).unwrap();
-            assert_eq!(wire::decode(&bytes, &key), Some((42, d.clone())));
-            assert_eq!(wire::decode(&bytes, &[8u8; 32]), None, "another key");
+            let bytes = wire::encode(&d).unwrap();
+            assert_eq!(wire::decode(&bytes), Some(d.clone()));
             for cut in 0..bytes.len() {
-                assert_eq!(
-                    wire::decode(&bytes[..cut], &key),
-                    None,
-                    "truncated at {cut}"
-                );
+                assert_eq!(wire::decode(&bytes[..cut]), None, "truncated at {cut}");
             }
         }
         assert_eq!(
-            wire::encode(&key, 1, &AuthDecision::Error(ErrorKind::NoResponse)),
+            wire::encode(&AuthDecision::Error(ErrorKind::NoResponse)),
             None
         );
-        assert_eq!(wire::decode(b"garbage", &key), None);
+        assert_eq!(wire::decode(b"garbage"), None);
     }
 
     #[test]

@@ -805,11 +805,10 @@ mod grpc_transport {
         );
         assert_eq!(metadata.as_deref(), Some("{\"plan\":\"pro\"}"));
         // The decision survives the cache's wire form.
-        let key = [1u8; 32];
-        let bytes = super::super::cache::tests_support::encode(&key, 5, &decision).unwrap();
+        let bytes = super::super::cache::tests_support::encode(&decision).unwrap();
         assert_eq!(
-            super::super::cache::tests_support::decode(&bytes, &key),
-            Some((5, decision))
+            super::super::cache::tests_support::decode(&bytes),
+            Some(decision)
         );
     }
 

@@ -20,6 +20,7 @@
 
 use crate::callout::{CalloutRequest, CalloutResponse, SharedStore};
 use crate::jwt::token::Claims;
+use crate::shared_cache::{Lookup, SlotCache};
 use crate::vocab::client_auth::{ClientAuthMethod, ClientCredentials, Form};
 use crate::vocab::{
     duration, quote, quote_bytes, ConfigError, DataSource, Environment, HttpUri, RawHttpUri,
@@ -378,23 +379,6 @@ impl TokenDigest {
     pub fn of(token: &str) -> Self {
         TokenDigest(Sha256::digest(token.as_bytes()).into())
     }
-
-    fn slot(&self, max_entries: usize) -> usize {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
-        (u64::from_le_bytes(first) % max_entries.max(1) as u64) as usize
-    }
-
-    /// Compares every byte, whatever they hold.
-    fn same_as(&self, bytes: &[u8]) -> bool {
-        bytes.len() == 32
-            && self
-                .0
-                .iter()
-                .zip(bytes)
-                .fold(0u8, |acc, (a, b)| std::hint::black_box(acc | (a ^ b)))
-                == 0
-    }
 }
 
 impl std::fmt::Debug for TokenDigest {
@@ -434,12 +418,18 @@ fn discovered_key(namespace: &str, provider: usize) -> String {
     format!("ai_auth.introspection_endpoint.{namespace}.{provider}")
 }
 
-/// Shared-data layout: version, token digest (32), expiry (u64 LE), kind
-/// (`1` active, `0` inactive), then for an active answer its JSON.
+/// The payload of a slot entry: kind (`1` active, `0` inactive), then for
+/// an active answer its JSON.
 const WIRE_VERSION: u8 = 1;
 
-fn store_key(namespace: &str, provider: usize, slot: usize) -> String {
-    format!("ai_auth.introspection.{namespace}.{provider}.{slot}")
+impl Introspection {
+    fn slots(&self, namespace: &str, provider: usize) -> SlotCache {
+        SlotCache::new(
+            format!("ai_auth.introspection.{namespace}.{provider}"),
+            self.max_entries,
+            WIRE_VERSION,
+        )
+    }
 }
 
 impl Introspection {
@@ -452,22 +442,11 @@ impl Introspection {
         digest: &TokenDigest,
         now: u64,
     ) -> Option<Answer> {
-        let key = store_key(namespace, provider, digest.slot(self.max_entries));
-        let bytes = store.get(&key)?;
-        let (head, rest) = (bytes.get(..42)?, bytes.get(42..)?);
-        let (version, stored, expires, kind) = (
-            head.first()?,
-            head.get(1..33)?,
-            head.get(33..41)?,
-            head.get(41)?,
-        );
-        if *version != WIRE_VERSION || !digest.same_as(stored) {
+        let Lookup::Hit(payload) = self.slots(namespace, provider).get(store, &digest.0, now)
+        else {
             return None;
-        }
-        let expires_at = u64::from_le_bytes(expires.try_into().ok()?);
-        if now >= expires_at {
-            return None;
-        }
+        };
+        let (kind, rest) = payload.split_first()?;
         match kind {
             0 => Some(Answer::Inactive),
             1 => match parse_answer(serde_json::from_slice(rest).ok()?) {
@@ -505,14 +484,11 @@ impl Introspection {
         if ttl == 0 {
             return false;
         }
-        let mut out = Vec::with_capacity(42 + body.len());
-        out.push(WIRE_VERSION);
-        out.extend_from_slice(&digest.0);
-        out.extend_from_slice(&now.saturating_add(ttl).to_le_bytes());
-        out.push(kind);
-        out.extend_from_slice(&body);
-        let key = store_key(namespace, provider, digest.slot(self.max_entries));
-        store.set(&key, &out);
+        let mut payload = Vec::with_capacity(1 + body.len());
+        payload.push(kind);
+        payload.extend_from_slice(&body);
+        self.slots(namespace, provider)
+            .put(store, &digest.0, now.saturating_add(ttl), &payload);
         true
     }
 }

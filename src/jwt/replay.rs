@@ -6,9 +6,8 @@
 //! `BUCKET` ids each, an id kept until the proof it came from could no
 //! longer be accepted anyway (`iat` + the proof window). Every write is a
 //! compare-and-swap on the slot's version, so two VMs recording the same
-//! id at once cannot both succeed. proxy-wasm cannot create a key
-//! atomically, so the slots are created when the configuration loads
-//! ([`prepare`]), before any request is served.
+//! id at once cannot both succeed. slots are created when the configuration loads ([`prepare`]), before
+//! any request is served, and never over one another VM wrote.
 //!
 //! A full slot refuses the proof rather than forget an id that could still
 //! be replayed: size `replay_cache_entries` for the peak rate of DPoP
@@ -69,18 +68,14 @@ impl ReplayCache {
     }
 
     fn slot_of(&self, id: &[u8; ID]) -> usize {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(id.get(..8).unwrap_or(&[0; 8]));
-        (u64::from_le_bytes(first) % self.slots as u64) as usize
+        crate::shared_cache::slot_of(id, self.slots)
     }
 
     /// Creates every slot that does not exist yet (at load, before requests).
     pub fn prepare(&self, store: &dyn SharedStore) {
         for slot in 0..self.slots {
-            let key = self.key(slot);
-            if store.get_versioned(&key).is_none() {
-                store.set(&key, &[]);
-            }
+            // Never over a slot another VM created and wrote meanwhile.
+            store.create(&self.key(slot), &[]);
         }
     }
 
@@ -95,9 +90,8 @@ impl ReplayCache {
         let key = self.key(self.slot_of(id));
         for _ in 0..ATTEMPTS {
             let Some((bytes, version)) = store.get_versioned(&key) else {
-                // Not prepared (a VM that started late): create it. Only a
-                // write racing this creation could be lost.
-                store.set(&key, &[]);
+                // Not prepared (a VM that started late): create it.
+                store.create(&key, &[]);
                 continue;
             };
             let mut live: Vec<u8> = Vec::with_capacity(bytes.len() + ENTRY);
@@ -130,7 +124,7 @@ impl ReplayCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callout::MemoryStore;
+    use crate::callout::{MemoryStore, RacingStore, CREATE_ONLY};
 
     #[test]
     fn an_id_is_seen_once_until_it_expires() {
@@ -172,44 +166,29 @@ mod tests {
         );
     }
 
-    /// A store where another VM writes the slot between our read and our write.
-    struct Racing {
-        inner: MemoryStore,
-        races_left: std::cell::Cell<u32>,
-        racer_id: [u8; ID],
-    }
-
-    impl SharedStore for Racing {
-        fn get(&self, key: &str) -> Option<Vec<u8>> {
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8]) {
-            self.inner.set(key, value)
-        }
-        fn get_versioned(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-            self.inner.get_versioned(key)
-        }
-        fn set_versioned(&self, key: &str, value: &[u8], version: u32) -> StoreWrite {
-            if self.races_left.get() > 0 {
-                self.races_left.set(self.races_left.get() - 1);
-                // The other VM records the very same id first.
-                let mut theirs = self.inner.get(key).unwrap_or_default();
-                theirs.extend_from_slice(&self.racer_id);
+    /// A store where another VM records `racer_id` in the slot between our
+    /// read and our write, `races` times (slot creation aside).
+    fn racing(races: u32, racer_id: [u8; ID]) -> RacingStore<impl Fn(&MemoryStore, &str, u32)> {
+        let left = std::cell::Cell::new(races);
+        RacingStore {
+            inner: MemoryStore::default(),
+            race: move |inner: &MemoryStore, key: &str, version: u32| {
+                if left.get() == 0 || version == CREATE_ONLY {
+                    return;
+                }
+                left.set(left.get() - 1);
+                let mut theirs = inner.get(key).unwrap_or_default();
+                theirs.extend_from_slice(&racer_id);
                 theirs.extend_from_slice(&500u64.to_le_bytes());
-                self.inner.set(key, &theirs);
-            }
-            self.inner.set_versioned(key, value, version)
+                inner.set(key, &theirs);
+            },
         }
     }
 
     #[test]
     fn a_concurrent_record_of_the_same_id_wins_over_ours() {
         let proof = id("t", "same");
-        let store = Racing {
-            inner: MemoryStore::default(),
-            races_left: std::cell::Cell::new(1),
-            racer_id: proof,
-        };
+        let store = racing(1, proof);
         let cache = ReplayCache::new("ns", 16);
         cache.prepare(&store);
         assert_eq!(
@@ -221,11 +200,7 @@ mod tests {
 
     #[test]
     fn endless_conflicts_give_up() {
-        let store = Racing {
-            inner: MemoryStore::default(),
-            races_left: std::cell::Cell::new(u32::MAX),
-            racer_id: id("t", "someone-else"),
-        };
+        let store = racing(u32::MAX, id("t", "someone-else"));
         let cache = ReplayCache::new("ns", 1 << 20);
         cache.prepare(&store);
         // Different ids each time so the slot does not just fill up.
