@@ -55,17 +55,15 @@ impl FilterConfig {
             ));
         }
         let raw: RawFilterConfig = parse_json(bytes)?;
-        let namespace: String = Sha256::digest(bytes)
-            .iter()
-            .take(6)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let namespace: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
         let jwt_authn = raw
             .jwt_authn
             .map(|j| JwtAuthn::compile(j, env).map_err(|e| e.under("jwt_authn")))
             .transpose()?
             .map(|mut j| {
                 j.namespace = namespace.clone();
+                j.config_digest = digest;
                 j
             });
         let ext_authz = raw

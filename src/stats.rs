@@ -12,6 +12,10 @@ pub enum Counter {
     JwtCorsPreflightBypassed,
     JwtCacheHit,
     JwtCacheMiss,
+    JwtSharedCacheHit,
+    JwtSharedCacheMiss,
+    JwtSharedCacheMalformed,
+    JwtSignatureVerifications,
     CredentialsInjected,
     CredentialsPassedThrough,
     CredentialsDenied,
@@ -54,12 +58,16 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 44] = [
+    pub const ALL: [Counter; 48] = [
         Counter::JwtAllowed,
         Counter::JwtDenied,
         Counter::JwtCorsPreflightBypassed,
         Counter::JwtCacheHit,
         Counter::JwtCacheMiss,
+        Counter::JwtSharedCacheHit,
+        Counter::JwtSharedCacheMiss,
+        Counter::JwtSharedCacheMalformed,
+        Counter::JwtSignatureVerifications,
         Counter::CredentialsInjected,
         Counter::CredentialsPassedThrough,
         Counter::CredentialsDenied,
@@ -109,6 +117,10 @@ impl Counter {
             Counter::JwtCorsPreflightBypassed => "jwt_authn.cors_preflight_bypassed",
             Counter::JwtCacheHit => "jwt_authn.jwt_cache_hit",
             Counter::JwtCacheMiss => "jwt_authn.jwt_cache_miss",
+            Counter::JwtSharedCacheHit => "jwt_authn.jwt_shared_cache_hit",
+            Counter::JwtSharedCacheMiss => "jwt_authn.jwt_shared_cache_miss",
+            Counter::JwtSharedCacheMalformed => "jwt_authn.jwt_shared_cache_malformed",
+            Counter::JwtSignatureVerifications => "jwt_authn.signature_verifications",
             Counter::CredentialsInjected => "upstream_credentials.injected",
             Counter::CredentialsPassedThrough => "upstream_credentials.passed_through",
             Counter::CredentialsDenied => "upstream_credentials.denied",

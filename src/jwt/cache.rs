@@ -8,8 +8,15 @@
 //! a large share of a cache hit. Bounded in entries (oldest evicted first)
 //! and in token size; an entry is never used past the token's `exp` (plus
 //! skew) and every time check is redone on a hit with the current clock.
+//!
+//! Behind it, [`SharedVerified`]: the cache every worker VM shares.
 
+use super::config::JwtAuthn;
+use super::keys::KeySet;
 use super::token::Claims;
+use crate::callout::SharedStore;
+use crate::shared_cache::{Lookup, SlotCache};
+use sha2::{Digest, Sha256};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -118,6 +125,74 @@ impl VerifiedCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// The verified-token cache every worker VM shares (proxy-wasm shared
+/// data), behind each VM's own [`VerifiedCache`]: a token one worker
+/// verified is not verified again by the others.
+///
+/// An entry says only "this exact token verified under this configuration,
+/// provider and key set", and holds nothing else: it is keyed by SHA-256 of
+/// the configuration's digest (a reload is another configuration), the
+/// provider, the key set's fingerprint (a rotated or changed JWKS is
+/// another key set, as it is a new generation locally) and the token's
+/// bytes. A hit skips the signature check and nothing else: the claims are
+/// parsed from the token itself and its issuer and times are checked as on
+/// a miss. An entry lives until `exp` plus the clock skew, as a local one
+/// does. Bounded: `jwt_shared_cache_size` slots ([`SlotCache`]).
+#[derive(Debug)]
+pub struct SharedVerified<'a> {
+    cfg: &'a JwtAuthn,
+    slots: SlotCache,
+}
+
+/// Where a verified token lives in the shared cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedKey([u8; 32]);
+
+/// Layout of an entry: no payload (the token is its own record).
+const SHARED_VERSION: u8 = 1;
+
+impl<'a> SharedVerified<'a> {
+    /// `None` when the configuration turns it off.
+    pub fn new(cfg: &'a JwtAuthn) -> Option<Self> {
+        (cfg.shared_cache_size > 0).then(|| SharedVerified {
+            cfg,
+            slots: SlotCache::new(
+                format!("ai_auth.jwt.{}", cfg.namespace),
+                cfg.shared_cache_size,
+                SHARED_VERSION,
+            ),
+        })
+    }
+
+    /// The key of `token` verified by `provider` with `keys`; `None` when
+    /// the token is too large to cache.
+    pub fn key(&self, provider: usize, keys: &KeySet, token: &str) -> Option<SharedKey> {
+        if token.len() > self.cfg.max_cached_token_size {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(b"ai-auth verified jwt\0");
+        h.update(self.cfg.config_digest);
+        h.update((provider as u64).to_le_bytes());
+        h.update(keys.fingerprint());
+        // Last and alone of variable length: no two inputs run together.
+        h.update(token.as_bytes());
+        Some(SharedKey(h.finalize().into()))
+    }
+
+    pub fn get(&self, store: &dyn SharedStore, key: &SharedKey, now: u64) -> Lookup {
+        self.slots.get(store, &key.0, now)
+    }
+
+    /// Records a token just verified, until its `exp` plus `skew`.
+    pub fn insert(&self, store: &dyn SharedStore, key: &SharedKey, claims: &Claims, skew: u64) {
+        let expires_at = claims
+            .exp
+            .map_or(u64::MAX, |exp| exp.saturating_add(skew).saturating_add(1));
+        self.slots.put(store, &key.0, expires_at, &[]);
     }
 }
 

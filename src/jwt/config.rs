@@ -25,6 +25,8 @@ use std::time::Duration;
 /// Envoy's `jwt_cache_config` defaults: 100 tokens of at most 4 KiB.
 const DEFAULT_CACHE_SIZE: usize = 100;
 const DEFAULT_MAX_CACHED_TOKEN: usize = 4096;
+/// Each shared entry is a shared-data key (about 100 bytes with its name).
+const MAX_SHARED_CACHE_SIZE: usize = 1_000_000;
 /// Tokens above this are refused before any parsing. Envoy has no such
 /// limit of its own: its header limit (`max_request_headers_kb`, 60 KiB by
 /// default) bounds them, and Entra ID or Keycloak tokens with many groups
@@ -59,6 +61,9 @@ pub struct RawJwtAuthn {
 struct RawCacheConfig {
     jwt_cache_size: Option<usize>,
     jwt_max_token_size: Option<usize>,
+    /// Entries of the verified-token cache every worker VM shares (0: off);
+    /// by default `jwt_cache_size`.
+    jwt_shared_cache_size: Option<usize>,
 }
 
 /// A provider's wire form. Which of `local_jwks` / `remote_jwks` /
@@ -449,6 +454,11 @@ pub struct JwtAuthn {
     pub protected_resources: Vec<ProtectedResource>,
     /// This configuration's shared-data namespace (the DPoP replay cache).
     pub namespace: String,
+    /// Entries of the shared verified-token cache (`cache::SharedVerified`).
+    pub shared_cache_size: usize,
+    /// SHA-256 of the whole plugin configuration: a shared verified token
+    /// is only reused under the very configuration that verified it.
+    pub config_digest: [u8; 32],
 }
 
 impl JwtAuthn {
@@ -536,7 +546,16 @@ impl JwtAuthn {
         let cache = raw.jwt_cache_config.unwrap_or(RawCacheConfig {
             jwt_cache_size: None,
             jwt_max_token_size: None,
+            jwt_shared_cache_size: None,
         });
+        let cache_size = cache.jwt_cache_size.unwrap_or(DEFAULT_CACHE_SIZE);
+        let shared_cache_size = cache.jwt_shared_cache_size.unwrap_or(cache_size);
+        if shared_cache_size > MAX_SHARED_CACHE_SIZE {
+            return Err(ConfigError::new(
+                "jwt_cache_config.jwt_shared_cache_size",
+                format!("at most {MAX_SHARED_CACHE_SIZE} (one shared-data key per entry)"),
+            ));
+        }
         let max_token_size = raw.max_token_size.unwrap_or(DEFAULT_MAX_TOKEN_SIZE);
         if max_token_size == 0 {
             return Err(ConfigError::new("max_token_size", "must be greater than 0"));
@@ -545,12 +564,14 @@ impl JwtAuthn {
             providers,
             rules,
             bypass_cors_preflight: raw.bypass_cors_preflight,
-            cache_size: cache.jwt_cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
+            cache_size,
+            shared_cache_size,
             max_cached_token_size: cache.jwt_max_token_size.unwrap_or(DEFAULT_MAX_CACHED_TOKEN),
             max_token_size,
             realm: raw.www_authenticate_realm,
             protected_resources: documents.0,
             namespace: String::new(),
+            config_digest: [0; 32],
         })
     }
 

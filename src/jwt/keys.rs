@@ -8,6 +8,7 @@
 use super::signature::KeyMaterial;
 use base64::Engine;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// Every JWS algorithm Envoy's `jwt_authn` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +94,9 @@ pub struct KeySet {
     /// Which load this is (remote keys are reloaded); part of the
     /// verified-token cache key.
     generation: u64,
+    /// SHA-256 of the JWKS document: the same on every VM that loaded the
+    /// same keys, so part of the shared verified-token cache key.
+    fingerprint: [u8; 32],
 }
 
 /// Tokens without a `kid` are tried against at most this many keys, so a
@@ -106,6 +110,7 @@ impl KeySet {
             keys,
             unusable: Vec::new(),
             generation: 0,
+            fingerprint: [0; 32],
         }
     }
 
@@ -116,6 +121,10 @@ impl KeySet {
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
     }
 
     pub fn len(&self) -> usize {
@@ -239,6 +248,7 @@ pub fn parse_jwks(text: &str) -> Result<LoadedJwks, String> {
             keys,
             unusable,
             generation: 0,
+            fingerprint: Sha256::digest(text.as_bytes()).into(),
         },
         skipped,
     })

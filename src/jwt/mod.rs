@@ -24,8 +24,9 @@ use crate::callout::SharedStore;
 use crate::introspection::{Answer, Learnt, Needed, TokenDigest};
 use crate::request::{cookie_header_without, path_without_params, RequestView};
 use crate::response::{HeaderOp, LocalReply};
+use crate::shared_cache::Lookup;
 use crate::stats::Counter;
-use cache::VerifiedCache;
+use cache::{SharedVerified, VerifiedCache};
 use config::{
     IntrospectionProvider, JwtAuthn, JwtProvider, Location, Provider, ProviderKeys, ProviderKind,
     Requirement, Rule, TimeChecks,
@@ -667,10 +668,31 @@ impl<'a> Evaluation<'a> {
         }
         check_times(provider.times(), &parsed.claims, self.now)?;
         let keys = keys?;
+        // Another worker VM may have verified this very token already.
+        let shared =
+            SharedVerified::new(self.cfg).and_then(|s| Some((s.key(index, keys, token)?, s)));
+        if let Some((shared_key, shared)) = &shared {
+            match shared.get(self.store, shared_key, self.now) {
+                Lookup::Hit(_) => {
+                    self.counters.push(Counter::JwtSharedCacheHit);
+                    let claims = Arc::new(parsed.claims);
+                    if let Some(key) = key {
+                        self.cache.insert(key, token, Arc::clone(&claims));
+                    }
+                    return Ok(claims);
+                }
+                Lookup::Miss => self.counters.push(Counter::JwtSharedCacheMiss),
+                Lookup::Malformed => {
+                    self.counters.push(Counter::JwtSharedCacheMiss);
+                    self.counters.push(Counter::JwtSharedCacheMalformed);
+                }
+            }
+        }
         let kid = parsed.kid.as_deref();
         let mut tried = 0;
         let verified = keys.candidates(parsed.alg, kid).any(|k| {
             tried += 1;
+            self.counters.push(Counter::JwtSignatureVerifications);
             k.material.verify(
                 parsed.alg,
                 parsed.signing_input.as_bytes(),
@@ -696,6 +718,9 @@ impl<'a> Evaluation<'a> {
         let claims = Arc::new(parsed.claims);
         if let Some(key) = key {
             self.cache.insert(key, token, Arc::clone(&claims));
+        }
+        if let Some((shared_key, shared)) = &shared {
+            shared.insert(self.store, shared_key, &claims, provider.clock_skew);
         }
         Ok(claims)
     }
@@ -890,5 +915,7 @@ fn strip_prefix<'v>(value: &'v str, prefix: Option<&str>) -> Option<&'v str> {
     }
 }
 
+#[cfg(test)]
+mod shared_tests;
 #[cfg(test)]
 mod tests;

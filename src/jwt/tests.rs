@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://idp.example/realms/demo";
 
-fn filter(cfg: Value) -> JwtAuthn {
+pub(super) fn filter(cfg: Value) -> JwtAuthn {
     let bytes = serde_json::to_vec(&json!({ "jwt_authn": cfg })).unwrap();
     FilterConfig::from_json(&bytes, &|_: &str| None)
         .unwrap_or_else(|e| panic!("{e}"))
