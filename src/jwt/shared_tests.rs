@@ -188,7 +188,9 @@ fn another_configuration_or_provider_does_not_reuse_an_entry() {
     assert!(Vm::new(&cfg).send(&cfg, &store, &t, NOW).result.is_ok());
     // Another audience: another configuration, its own verification (and
     // the audience check that refuses this token).
-    let other = local(&key, "other-api");
+    let mut other = local(&key, "other-api");
+    // The same slots: only the configuration's digest tells them apart.
+    other.namespace = cfg.namespace.clone();
     let o = Vm::new(&other).send(&other, &store, &t, NOW);
     assert_eq!(count(&o, Counter::JwtSharedCacheHit), 0);
     assert_eq!(count(&o, Counter::JwtSignatureVerifications), 1);

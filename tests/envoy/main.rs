@@ -25,6 +25,7 @@ mod models;
 mod mtls;
 mod protected_resource;
 mod robustness;
+mod shared_jwt_cache;
 mod sigv4;
 mod sigv4_reference;
 mod support;
