@@ -35,6 +35,10 @@
 //! (V8 calls per stream, the header snapshot): what the cache-hit variants
 //! pay on top of it is the JWT path itself.
 //!
+//! Issue 14: `wasm_rs256_shared_hit` is `wasm_rs256_hit` with the local
+//! verified-token cache off (`jwt_cache_size: 0`) and the shared one on:
+//! every request is a hit in the cache the worker VMs share.
+//!
 //! Issue 16: `wasm_dpop_es256` / `wasm_dpop_eddsa` send the RS256 token of
 //! `wasm_rs256_hit`, DPoP-bound (`cnf.jkt`), as `Authorization: DPoP` with a
 //! fresh proof per request (made by the load generator, so its signing is
@@ -479,6 +483,21 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             path: None,
         });
     }
+    // Issue 14: a hit in the verified-token cache the worker VMs share (the
+    // local cache off, so every request reads the shared entry).
+    v.push(Variant {
+        name: "wasm_rs256_shared_hit",
+        filters: vec![wasm_jwt_shared_only(t)],
+        headers: bearer(&t.rs256),
+        enforces: true,
+        checks: vec![
+            Check::EveryRequest(wasm_stat("jwt_shared_cache_hit")),
+            Check::Never(wasm_stat("jwt_cache_hit")),
+        ],
+        body: Vec::new(),
+        dpop: None,
+        path: None,
+    });
     // DPoP (issue 16): the token of wasm_rs256_hit, bound to the client's key.
     for (alg, client) in [("es256", &t.dpop_es256), ("eddsa", &t.dpop_eddsa)] {
         v.push(Variant {
@@ -607,6 +626,17 @@ fn wasm_dpop(t: &Tokens) -> Value {
                      "replay_cache_entries": 1 << 20}
         }},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    }}))
+}
+
+/// Issue 14: the RS256 provider of `wasm_rs256_hit` with the local
+/// verified-token cache off and the shared one on.
+fn wasm_jwt_shared_only(t: &Tokens) -> Value {
+    bootstrap::wasm_filter(&json!({"jwt_authn": {
+        "providers": {"idp": {"issuer": ISS, "audiences": [AUD],
+                              "local_jwks": {"inline_string": t.jwks}, "forward": false}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
+        "jwt_cache_config": {"jwt_cache_size": 0, "jwt_shared_cache_size": 100}
     }}))
 }
 

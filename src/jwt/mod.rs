@@ -1,7 +1,8 @@
 //! Stage 1: the client's JWT, verified in the filter.
 //!
 //! `authenticate` takes the compiled section, a request snapshot, the clock
-//! and the per-VM verified-token cache, and says whether the request passes,
+//! and the per-VM verified-token cache (the shared one is in the store),
+//! and says whether the request passes,
 //! which header edits go with it, and which identities were verified.
 
 pub mod cache;
