@@ -140,6 +140,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// How many body bytes Envoy had buffered when the body was read.
+    pub fn set_body_received(&mut self, bytes: usize) {
+        self.req.set_body_received(bytes);
+    }
+
     fn new(req: RequestView, state: &WorkerState, now: u64) -> Self {
         InFlight {
             req,

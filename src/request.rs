@@ -151,6 +151,10 @@ impl RequestView {
         self.connection = connection;
     }
 
+    pub fn set_body_received(&mut self, bytes: usize) {
+        self.connection.body_received = bytes;
+    }
+
     pub fn connection(&self) -> &crate::ext_authz::grpc::Connection {
         &self.connection
     }
@@ -257,30 +261,34 @@ fn query_escaped(text: &str) -> String {
     out
 }
 
-/// `path` with the parameters of `remove` gone, then each of `set`
-/// replacing every parameter of its name (added at the end when absent),
-/// as Envoy's `ext_authz` applies `query_parameters_to_remove` and
-/// `_to_set`. Names compare decoded; what is set is escaped.
+/// `path` with the query edits of an `ext_authz` answer, as Envoy applies
+/// them (`QueryParamsMulti`): the query read as a map sorted by name (the
+/// values of one name in order), each of `set` replacing every value of its
+/// name, then `remove`, then written back as `name=value` pairs. Names
+/// compare decoded; what is set is escaped (Envoy writes it raw, which a
+/// space or `&` would break).
 pub fn path_with_query_edits(path: &str, set: &[(String, String)], remove: &[String]) -> String {
     let (base, query) = path.split_once('?').unwrap_or((path, ""));
-    let mut names: Vec<&str> = remove.iter().map(String::as_str).collect();
-    names.extend(set.iter().map(|(k, _)| k.as_str()));
-    let mut pairs: Vec<String> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !names.contains(&percent_decoded(key).as_ref())
-        })
-        .map(str::to_string)
-        .collect();
-    for (k, v) in set {
-        pairs.push(format!("{}={}", query_escaped(k), query_escaped(v)));
+    let mut params: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.entry(k.to_string()).or_default().push(v.to_string());
     }
+    for (k, v) in set {
+        params.retain(|name, _| percent_decoded(name) != k.as_str());
+        params.insert(query_escaped(k), vec![query_escaped(v)]);
+    }
+    params.retain(|name, _| !remove.iter().any(|r| percent_decoded(name) == r.as_str()));
     let mut out = base.to_string();
-    if !pairs.is_empty() {
-        out.push('?');
-        out.push_str(&pairs.join("&"));
+    let mut delimiter = '?';
+    for (name, values) in &params {
+        for value in values {
+            out.push(delimiter);
+            out.push_str(name);
+            out.push('=');
+            out.push_str(value);
+            delimiter = '&';
+        }
     }
     out
 }

@@ -26,12 +26,6 @@ pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 /// denial's body is capped at `MAX_DENIED_BODY_BYTES` anyway).
 pub const MAX_REPLY_BYTES: usize = 256 * 1024;
 
-/// `HeaderAppendAction` values.
-const APPEND_IF_EXISTS_OR_ADD: i32 = 0;
-const ADD_IF_ABSENT: i32 = 1;
-const OVERWRITE_IF_EXISTS_OR_ADD: i32 = 2;
-const OVERWRITE_IF_EXISTS: i32 = 3;
-
 /// The request facts Envoy puts in a `CheckRequest` that are not headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Connection {
@@ -41,6 +35,9 @@ pub struct Connection {
     pub destination: Option<String>,
     /// `HTTP/1.1`, `HTTP/2`... (`request.protocol`).
     pub protocol: Option<String>,
+    /// Body bytes Envoy had buffered when the body was read (`request.size`,
+    /// which may exceed what a cut body sends).
+    pub body_received: usize,
 }
 
 fn peer(address: Option<&str>) -> Option<Peer> {
@@ -128,6 +125,9 @@ impl ExtAuthz {
         body: Option<(&[u8], bool)>,
         now: u64,
     ) -> CheckRequest {
+        // A request without a body has nothing buffered: Envoy then sends
+        // neither the body nor the partial-body header, even in body mode.
+        let body = body.filter(|_| req.has_body());
         let mut headers: BTreeMap<String, String> = BTreeMap::new();
         let pseudo = [
             (":authority", req.authority()),
@@ -159,10 +159,11 @@ impl ExtAuthz {
             host: req.authority().to_string(),
             scheme: req.scheme().to_string(),
             protocol: req.connection().protocol.clone().unwrap_or_default(),
-            size: req
-                .header("content-length")
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(-1),
+            // Envoy sends the bytes it has received of the request: none
+            // when the check goes at the headers, the buffered body else.
+            size: body.map_or(0, |(bytes, _)| {
+                i64::try_from(bytes.len().max(req.connection().body_received)).unwrap_or(i64::MAX)
+            }),
             ..Default::default()
         };
         if let Some((bytes, partial)) = body {
@@ -187,12 +188,24 @@ impl ExtAuthz {
                     ..Default::default()
                 });
         }
-        let metadata_context = (!jwt.fields.is_empty()).then(|| Metadata {
-            filter_metadata: BTreeMap::from([(JWT_AUTHN_NAMESPACE.to_string(), jwt)]),
-        });
+        // Present even when empty, as Envoy sends it.
+        let mut metadata_context = Metadata::default();
+        if !jwt.fields.is_empty() {
+            metadata_context
+                .filter_metadata
+                .insert(JWT_AUTHN_NAMESPACE.to_string(), jwt);
+        }
+        let mut source = peer(req.connection().source.as_deref());
+        // Envoy names the downstream's service cluster in `source.service`.
+        if let (Some(p), Some(service)) = (
+            source.as_mut(),
+            req.header("x-envoy-downstream-service-cluster"),
+        ) {
+            p.service = service.to_string();
+        }
         CheckRequest {
             attributes: Some(AttributeContext {
-                source: peer(req.connection().source.as_deref()),
+                source,
                 destination: peer(req.connection().destination.as_deref()),
                 request: Some(Request {
                     time: Some(Timestamp {
@@ -202,7 +215,8 @@ impl ExtAuthz {
                     http: Some(http),
                 }),
                 context_extensions: self.context_extensions_for(req),
-                metadata_context,
+                metadata_context: Some(metadata_context),
+                route_metadata_context: Some(Metadata::default()),
             }),
         }
     }
@@ -288,13 +302,16 @@ impl ExtAuthz {
                 .and_then(|c| u16::try_from(c).ok())
                 .filter(|c| (200..=599).contains(c))
                 .unwrap_or(403);
-            // A denial's headers overwrite one another unless `append` says so.
+            // As Envoy's local reply: each header replaces any of its name;
+            // one with `append: true` is not sent at all (Envoy keeps those
+            // apart and applies only the others to a denial).
             let mut headers = Vec::new();
             for option in &denied.headers {
-                if let Some((name, value, _)) = header_option(option) {
-                    if !option.append.as_ref().is_some_and(|a| a.value) {
-                        headers.retain(|(k, _): &(String, String)| *k != name);
-                    }
+                if option.append.as_ref().is_some_and(|a| a.value) {
+                    continue;
+                }
+                if let Some((name, value)) = header_option(option) {
+                    headers.retain(|(k, _): &(String, String)| *k != name);
                     headers.push((name, value));
                 }
             }
@@ -308,22 +325,19 @@ impl ExtAuthz {
         }
         let ok = response.ok_response.unwrap_or_default();
         let mut allowed = Allowed::default();
+        // Envoy reads only the deprecated `append` here, not `append_action`
+        // (ext_authz_grpc_impl.cc, copyHeaderFieldIntoResponse): true appends
+        // to an existing value, anything else overwrites or adds. Any name,
+        // `:path` and `host` included (then routed anew), as Envoy does.
         for option in &ok.headers {
-            let Some((name, value, action)) = header_option(option) else {
+            let Some((name, value)) = header_option(option) else {
                 continue;
             };
-            // Neither routing pseudo-headers nor `host` are the service's to change.
-            if name == "host" || name.starts_with(':') {
-                continue;
+            if option.append.as_ref().is_some_and(|a| a.value) {
+                allowed.upstream_append_existing.push((name, value));
+            } else {
+                allowed.upstream_set.push((name, value));
             }
-            let list = match action {
-                Action::Set => &mut allowed.upstream_set,
-                Action::Add => &mut allowed.upstream_append,
-                Action::AppendToExisting => &mut allowed.upstream_append_existing,
-                Action::AddIfAbsent => &mut allowed.upstream_add_if_absent,
-                Action::OverwriteIfExists => &mut allowed.upstream_overwrite_if_exists,
-            };
-            list.push((name, value));
         }
         allowed.upstream_remove = ok
             .headers_to_remove
@@ -335,7 +349,6 @@ impl ExtAuthz {
             .response_headers_to_add
             .iter()
             .filter_map(header_option)
-            .map(|(k, v, _)| (k, v))
             .collect();
         allowed.query_set = ok
             .query_parameters_to_set
@@ -354,18 +367,9 @@ impl ExtAuthz {
     }
 }
 
-enum Action {
-    Set,
-    Add,
-    AppendToExisting,
-    AddIfAbsent,
-    OverwriteIfExists,
-}
-
-/// A header option as Envoy's `ext_authz` reads it: the deprecated `append`
-/// when present (true: append to an existing header, false: overwrite),
-/// else `append_action`. `None` for a name or value no header may carry.
-fn header_option(option: &HeaderValueOption) -> Option<(String, String, Action)> {
+/// A header option's name and value (`raw_value` when `value` is empty);
+/// `None` for a name or value no header may carry.
+fn header_option(option: &HeaderValueOption) -> Option<(String, String)> {
     let header = option.header.as_ref()?;
     let name = header.key.to_ascii_lowercase();
     let value = if header.value.is_empty() && !header.raw_value.is_empty() {
@@ -376,14 +380,5 @@ fn header_option(option: &HeaderValueOption) -> Option<(String, String, Action)>
     if !super::is_header_name(&name) && !name.starts_with(':') || !is_valid_header_value(&value) {
         return None;
     }
-    let action = match (&option.append, option.append_action) {
-        (Some(append), _) if append.value => Action::AppendToExisting,
-        (Some(_), _) => Action::Set,
-        (None, APPEND_IF_EXISTS_OR_ADD) => Action::Add,
-        (None, ADD_IF_ABSENT) => Action::AddIfAbsent,
-        (None, OVERWRITE_IF_EXISTS_OR_ADD) => Action::Set,
-        (None, OVERWRITE_IF_EXISTS) => Action::OverwriteIfExists,
-        (None, _) => return None,
-    };
-    Some((name, value, action))
+    Some((name, value))
 }

@@ -29,6 +29,10 @@ pub struct AttributeContext {
     pub context_extensions: BTreeMap<String, String>,
     #[prost(message, optional, tag = "11")]
     pub metadata_context: Option<Metadata>,
+    /// Always sent, empty: Envoy sends it (the route's metadata under the
+    /// configured namespaces), and a wasm filter cannot read route metadata.
+    #[prost(message, optional, tag = "13")]
+    pub route_metadata_context: Option<Metadata>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -566,7 +566,9 @@ mod grpc_transport {
             source: Some("10.0.0.1:5555".into()),
             destination: Some("[::1]:10000".into()),
             protocol: Some("HTTP/2".into()),
+            body_received: 0,
         });
+        r.set_has_body(true);
         r
     }
 
@@ -579,6 +581,10 @@ mod grpc_transport {
             panic!("not gRPC")
         };
         (CheckRequest::decode(call.message.as_slice()).unwrap(), call)
+    }
+
+    fn http_of(check: CheckRequest) -> proto::HttpRequest {
+        check.attributes.unwrap().request.unwrap().http.unwrap()
     }
 
     fn answer(authz: &ExtAuthz, response: &CheckResponse) -> AuthDecision {
@@ -696,6 +702,95 @@ mod grpc_transport {
         assert!(http.body.is_empty());
     }
 
+    /// Found by the wire comparison with native `ext_authz`
+    /// (tests/envoy/ext_authz_grpc_wire.rs).
+    #[test]
+    fn size_metadata_and_service_as_native_sends_them() {
+        let cfg = grpc(json!({}));
+        let authz = cfg.ext_authz.as_ref().unwrap();
+        // `size` is what Envoy has received of the body when it checks:
+        // nothing at the headers, whatever the content-length says.
+        let r = grpc_request(&[("content-length", "13")]);
+        let (check, call) = sent(authz, &r, None);
+        let a = check.attributes.unwrap();
+        assert_eq!(a.request.unwrap().http.unwrap().size, 0);
+        // Both metadata contexts are sent, empty (field present on the wire).
+        assert_eq!(a.metadata_context, Some(proto::Metadata::default()));
+        assert_eq!(a.route_metadata_context, Some(proto::Metadata::default()));
+        assert!(
+            call.message.windows(2).any(|w| w == [0x5a, 0x00]),
+            "field 11, empty"
+        );
+        assert!(
+            call.message.windows(2).any(|w| w == [0x6a, 0x00]),
+            "field 13, empty"
+        );
+        assert!(a.source.unwrap().service.is_empty());
+        // With the body: its buffered length.
+        let (check, _) = sent(authz, &r, Some((b"0123456789", false)));
+        assert_eq!(http_of(check).size, 10);
+        // A cut body: every byte Envoy had received.
+        let mut r = grpc_request(&[]);
+        r.set_body_received(100);
+        let (check, _) = sent(authz, &r, Some((b"0123456789", true)));
+        assert_eq!(http_of(check).size, 100);
+        // A request without a body: no body, no partial-body header.
+        let mut r = grpc_request(&[]);
+        r.set_has_body(false);
+        let (check, _) = sent(authz, &r, Some((b"", false)));
+        let http = http_of(check);
+        assert!(!http.headers.contains_key(PARTIAL_BODY_HEADER), "{http:?}");
+        assert_eq!(http.size, 0);
+        // The downstream's service cluster names the source.
+        let r = grpc_request(&[("x-envoy-downstream-service-cluster", "frontend")]);
+        let (check, _) = sent(authz, &r, None);
+        assert_eq!(
+            check.attributes.unwrap().source.unwrap().service,
+            "frontend"
+        );
+    }
+
+    /// Envoy's denial applies the headers without `append` (the last of a
+    /// name wins) and drops those with `append: true`.
+    #[test]
+    fn a_denials_headers_as_envoy_sends_them() {
+        let cfg = grpc(json!({}));
+        let authz = cfg.ext_authz.as_ref().unwrap();
+        let mut appended = option("x-reason", "b", 0);
+        appended.append = Some(proto::BoolValue { value: true });
+        let response = CheckResponse {
+            status: Some(proto::RpcStatus {
+                code: 7,
+                ..Default::default()
+            }),
+            denied_response: Some(proto::DeniedHttpResponse {
+                status: Some(proto::HttpStatus { code: 401 }),
+                headers: vec![
+                    option("x-reason", "a", 0),
+                    appended,
+                    option("x-one", "1", 0),
+                    option("x-one", "2", 0),
+                ],
+                body: "no".into(),
+            }),
+            ..Default::default()
+        };
+        let AuthDecision::Deny {
+            status, headers, ..
+        } = answer(authz, &response)
+        else {
+            panic!()
+        };
+        assert_eq!(status, 401);
+        assert_eq!(
+            headers,
+            [
+                ("x-reason".to_string(), "a".to_string()),
+                ("x-one".to_string(), "2".to_string())
+            ]
+        );
+    }
+
     #[test]
     fn the_cache_key_ignores_only_what_differs_per_request() {
         let cfg = grpc(json!({"decision_cache": {"ttl": "30s"}}));
@@ -720,6 +815,10 @@ mod grpc_transport {
         assert_ne!(base, key(&[("x-api-key", "a"), ("cookie", "c")], 1000, 1));
     }
 
+    /// Envoy 1.40 reads only `append` on `ok_response.headers`
+    /// (`append_action` is ignored: everything else overwrites or adds) and
+    /// lets the service set `:path` and `host`; it never removes them (the
+    /// wire comparison in tests/envoy/ext_authz_grpc_wire.rs shows it).
     #[test]
     fn allow_answers_become_edits_as_envoy_applies_them() {
         let cfg = grpc(json!({}));
@@ -787,18 +886,22 @@ mod grpc_transport {
                 .collect::<Vec<_>>()
         };
         assert_eq!(values("x-user-id"), ["42"]);
-        assert_eq!(values("x-trace"), ["t1", "t2"]);
-        assert_eq!(values("x-present"), ["orig"]);
+        assert_eq!(values("x-trace"), ["t2"]);
+        assert_eq!(values("x-present"), ["kept"]);
         assert_eq!(values("x-absent"), ["added"]);
         assert_eq!(values("x-overwrite"), ["new"]);
-        assert!(values("x-nothing").is_empty());
+        assert_eq!(values("x-nothing"), ["never"]);
         assert_eq!(values("x-old"), ["no"]);
         assert_eq!(values("x-list"), ["a,b,c"]);
         assert!(values("authorization").is_empty());
         assert!(values("x-bad").is_empty());
-        assert_eq!(seen.path(), "/v1/chat?api-version=2024%2006");
+        // `:path` set, then the query edited on it (sorted by name, as Envoy).
+        assert_eq!(seen.path(), "/admin?api-version=2024%2006");
         assert_eq!(seen.method(), "POST");
-        assert!(!ops.iter().any(|op| op.name() == "host"));
+        assert_eq!(values("host"), ["evil"]);
+        assert!(!ops
+            .iter()
+            .any(|op| matches!(op, HeaderOp::Remove(n) if n == "host" || n.starts_with(':'))));
         assert_eq!(
             client_headers,
             [("x-ratelimit-remaining".to_string(), "9".to_string())]

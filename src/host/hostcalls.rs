@@ -81,6 +81,7 @@ pub fn connection_info() -> crate::ext_authz::grpc::Connection {
         source: read(&["source", "address"]),
         destination: read(&["destination", "address"]),
         protocol: read(&["request", "protocol"]),
+        body_received: 0,
     }
 }
 

@@ -345,8 +345,10 @@ impl Shared {
         let Some(pending) = self.pending.borrow_mut().remove(&context_id) else {
             return Action::Continue;
         };
+        let mut flight = pending.flight;
+        flight.set_body_received(body_size);
         let body = hostcalls::request_body(body_size.min(max));
-        self.body_ready(context_id, pending.flight, body, truncated, Site::Callback)
+        self.body_ready(context_id, flight, body, truncated, Site::Callback)
     }
 
     /// A callout reply, whichever context it was delivered to.

@@ -14,6 +14,7 @@ mod crypto_reference;
 mod dpop;
 mod error_format;
 mod ext_authz_grpc;
+mod ext_authz_grpc_wire;
 mod ext_authz_http;
 mod introspection;
 mod jwks_mixes;
