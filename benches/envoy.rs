@@ -65,6 +65,13 @@
 //! PikeVM pays dearly for. The regex's cost per request is the CPU of a
 //! regex variant less the prefix variant's; printed after the targets.
 //!
+//! Issue 11: `native_ext_authz_grpc`, `wasm_ext_authz_grpc` and
+//! `wasm_ext_authz_grpc_cache`: Envoy's `ext_authz` in gRPC mode and ours,
+//! without and with the decision cache, against the same gRPC auth service
+//! (the tests' scripted grpcio server, a process of its own: its CPU is not
+//! Envoy's, but it bounds the req/s of the uncached variants, so compare
+//! them by CPU per request).
+//!
 //! To add a variant, push a `Variant` (name, HTTP filters before the router,
 //! request headers, whether the filter refuses a request without them,
 //! counter checks) in `variants`.
@@ -77,6 +84,7 @@
 )]
 
 use ai_auth_testkit::envoy::{self, bootstrap, Envoy, Options};
+use ai_auth_testkit::grpc_authz::GrpcAuthServer;
 use ai_auth_testkit::http;
 use ai_auth_testkit::keys::{jwks, TestKey};
 use ai_auth_testkit::loadgen;
@@ -445,6 +453,43 @@ fn variants(t: &Tokens) -> Vec<Variant> {
     v.push(Variant {
         name: "wasm_ext_authz_cache",
         filters: vec![wasm_ext_authz(true)],
+        headers: api_key.clone(),
+        enforces: true,
+        checks: vec![Check::EveryRequest(authz_stat("decision_cache_hit"))],
+        body: Vec::new(),
+        dpop: None,
+        path: None,
+    });
+    // Passthrough over gRPC (issue 11): Envoy's ext_authz in gRPC mode and
+    // ours against the same gRPC auth service (`start_grpc_auth_service`).
+    v.push(Variant {
+        name: "native_ext_authz_grpc",
+        filters: vec![native_ext_authz_grpc()],
+        headers: api_key.clone(),
+        enforces: true,
+        checks: vec![Check::EveryRequest(
+            "http.native_ext_authz_grpc.ext_authz.ok".into(),
+        )],
+        body: Vec::new(),
+        dpop: None,
+        path: None,
+    });
+    v.push(Variant {
+        name: "wasm_ext_authz_grpc",
+        filters: vec![wasm_ext_authz_grpc(false)],
+        headers: api_key.clone(),
+        enforces: true,
+        checks: vec![
+            Check::EveryRequest(authz_stat("ok")),
+            Check::Never(authz_stat("decision_cache_hit")),
+        ],
+        body: Vec::new(),
+        dpop: None,
+        path: None,
+    });
+    v.push(Variant {
+        name: "wasm_ext_authz_grpc_cache",
+        filters: vec![wasm_ext_authz_grpc(true)],
         headers: api_key,
         enforces: true,
         checks: vec![Check::EveryRequest(authz_stat("decision_cache_hit"))],
@@ -737,6 +782,41 @@ fn wasm_ext_authz(cache: bool) -> Value {
     bootstrap::wasm_filter(&json!({ "ext_authz": authz }))
 }
 
+/// Envoy's `ext_authz` in gRPC mode (V3), as the gRPC passthrough variants use it.
+fn native_ext_authz_grpc() -> Value {
+    json!({
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "ext_authz_grpc"}, "timeout": "1s"},
+            "transport_api_version": "V3"
+        }
+    })
+}
+
+/// Our passthrough over gRPC with the same service; optionally the decision cache.
+fn wasm_ext_authz_grpc(cache: bool) -> Value {
+    let mut authz = json!({
+        "grpc_service": {"envoy_grpc": {"cluster_name": "ext_authz_grpc"}, "timeout": "1s"}
+    });
+    if cache {
+        authz["decision_cache"] = json!({"ttl": "3600s"});
+    }
+    bootstrap::wasm_filter(&json!({ "ext_authz": authz }))
+}
+
+/// The gRPC auth service of the gRPC passthrough variants: the scripted
+/// grpcio server of the tests (its own process, so its CPU is not counted
+/// as the proxy's), OK when `x-api-key` is `bench-key`, else PERMISSION_DENIED.
+fn start_grpc_auth_service() -> Result<GrpcAuthServer, String> {
+    let server = GrpcAuthServer::start()?;
+    server.script(&json!({
+        "rules": [{"if_header": ["x-api-key", "bench-key"], "response": {"status": {"code": 0}}}],
+        "response": {"status": {"code": 7}}
+    }));
+    Ok(server)
+}
+
 /// The auth service of the passthrough variants: its own Envoy (so its CPU is
 /// not counted as the proxy's), 200 when `x-api-key` is present, else 403.
 fn start_auth_service() -> Result<Envoy, String> {
@@ -992,10 +1072,16 @@ fn run() -> Result<(), String> {
         })
         .collect();
     let auth_service = start_auth_service()?;
-    let boot = bootstrap::bootstrap(
-        listeners,
-        vec![bootstrap::cluster("ext_authz", auth_service.port("authz"))],
-    );
+    let mut clusters = vec![bootstrap::cluster("ext_authz", auth_service.port("authz"))];
+    // Started only when a gRPC variant runs (it needs grpcio in .venv).
+    let _grpc_auth_service = if all.iter().any(|v| v.name.contains("_grpc")) {
+        let server = start_grpc_auth_service()?;
+        clusters.push(bootstrap::h2_cluster("ext_authz_grpc", server.port));
+        Some(server)
+    } else {
+        None
+    };
+    let boot = bootstrap::bootstrap(listeners, clusters);
     let envoy = Envoy::start_with(
         &boot,
         &Options {
@@ -1241,6 +1327,8 @@ fn run() -> Result<(), String> {
         );
     }
     println!();
+    let cpu = |name: &str| all.iter().position(|v| v.name == name).map(|i| med[i].cpu);
+    let extra = |name: &str, over: &str| Some(cpu(name)? - cpu(over)?);
     println!("targets (issue 4):");
     if let (Some(ours), Some(native)) = (ratios("wasm_ext_authz"), ratios("native_ext_authz")) {
         let (r, c) = (ours.0 / native.0, ours.1 / native.1);
@@ -1263,8 +1351,28 @@ fn run() -> Result<(), String> {
             "native_ext_authz"
         );
     }
-    let cpu = |name: &str| all.iter().position(|v| v.name == name).map(|i| med[i].cpu);
-    let extra = |name: &str, over: &str| Some(cpu(name)? - cpu(over)?);
+    println!();
+    println!("targets (issue 11, the passthrough over gRPC):");
+    if let (Some(ours), Some(native)) = (
+        ratios("wasm_ext_authz_grpc"),
+        ratios("native_ext_authz_grpc"),
+    ) {
+        let (r, c) = (ours.0 / native.0, ours.1 / native.1);
+        println!(
+            "  {:<26} {r:.2}x native_ext_authz_grpc ({c:.2}x by CPU), target >= 0.95x: {}",
+            "wasm_ext_authz_grpc",
+            verdict(r, c, 0.95)
+        );
+    }
+    for name in [
+        "native_ext_authz_grpc",
+        "wasm_ext_authz_grpc",
+        "wasm_ext_authz_grpc_cache",
+    ] {
+        if let (Some((r, c)), Some(e)) = (ratios(name), extra(name, "none")) {
+            println!("  {name:<26} {r:.2}x none ({c:.2}x by CPU), {e:+.1} us/req over none");
+        }
+    }
     println!();
     println!("issue 16 (DPoP against a plain Bearer token, same RS256 token cached):");
     for (name, miss) in [
