@@ -70,7 +70,9 @@
 //! without and with the decision cache, against the same gRPC auth service
 //! (the tests' scripted grpcio server, a process of its own: its CPU is not
 //! Envoy's, but it bounds the req/s of the uncached variants, so compare
-//! them by CPU per request).
+//! them by CPU per request). `wasm_grpc_callout_floor` is the least any
+//! proxy-wasm filter pays for one gRPC call (the noop filter's
+//! `grpc_callout` mode).
 //!
 //! To add a variant, push a `Variant` (name, HTTP filters before the router,
 //! request headers, whether the filter refuses a request without them,
@@ -470,6 +472,17 @@ fn variants(t: &Tokens) -> Vec<Variant> {
         checks: vec![Check::EveryRequest(
             "http.native_ext_authz_grpc.ext_authz.ok".into(),
         )],
+        body: Vec::new(),
+        dpop: None,
+        path: None,
+    });
+    // The floor of any proxy-wasm gRPC passthrough: one gRPC call, answer unread, resume.
+    v.push(Variant {
+        name: "wasm_grpc_callout_floor",
+        filters: vec![floor_wasm_filter("grpc_callout")],
+        headers: api_key.clone(),
+        enforces: false,
+        checks: vec![],
         body: Vec::new(),
         dpop: None,
         path: None,
@@ -1366,6 +1379,7 @@ fn run() -> Result<(), String> {
     }
     for name in [
         "native_ext_authz_grpc",
+        "wasm_grpc_callout_floor",
         "wasm_ext_authz_grpc",
         "wasm_ext_authz_grpc_cache",
     ] {
