@@ -1,11 +1,12 @@
 //! ES256 with tables prepared once per key. Verifying computes
 //! `u1·G + u2·Q`; the `p256` crate builds wNAF tables for both points on
 //! every call and runs 256 doublings. A JWKS key lives for months, so when
-//! it is loaded we prepare tables for `Q` and its multiples by 2^64, 2^128 and
-//! 2^192 (and, once per VM, the same for `G`): each scalar splits into
-//! four 64-bit parts, and one interleaved (Straus) pass over eight bases
-//! needs 64 doublings. Field and point arithmetic stay the crate's; the
-//! result is checked against the crate's own verifier in the tests.
+//! it is loaded we prepare tables for `Q` and its multiples by 2^32, 2^64,
+//! .., 2^224 (and, once per VM, the same for `G`): each scalar splits into
+//! eight 32-bit parts, and one interleaved (Straus) pass over sixteen bases
+//! needs 32 doublings. About 12 KB per key (8 tables of 16 points). Field
+//! and point arithmetic stay the crate's; the result is checked against the
+//! crate's own verifier in the tests.
 
 use p256::elliptic_curve::group::Group;
 use p256::elliptic_curve::ops::Reduce;
@@ -15,16 +16,18 @@ use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 use wnaf::array::typenum::U6;
 
-/// Odd multiples up to 31 per base: 16 points, about one addition per 7 bits.
+/// Odd multiples up to 31 per base: 16 points, about one addition per 7
+/// bits. Not 7 or 8: `wnaf` 0.14.1 overflows its `i8` digit arithmetic
+/// there (a panic with overflow checks, a wrap without).
 type Window = U6;
 type Base = wnaf::WnafBase<ProjectivePoint, Window>;
 type Part = wnaf::WnafScalar<Scalar, Window>;
 
 /// How many parts each 256-bit scalar is cut into, and their size.
-const PARTS: usize = 4;
+const PARTS: usize = 8;
 const PART_BYTES: usize = 32 / PARTS;
 
-/// A point's tables for `P`, `2^64·P`, `2^128·P`, `2^192·P`.
+/// A point's tables for `P`, `2^32·P`, .., `2^224·P`.
 pub struct Tables([Base; PARTS]);
 
 impl Tables {

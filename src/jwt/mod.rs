@@ -14,6 +14,7 @@ pub mod dpop;
 pub mod error;
 pub mod es256;
 pub mod keys;
+pub mod montgomery;
 pub mod protected_resource;
 pub mod replay;
 pub mod rsa;

@@ -1,5 +1,5 @@
 //! RSA signature verification (RS256/384/512 and PS256/384/512) on
-//! `crypto-bigint`.
+//! our Montgomery arithmetic (`montgomery`).
 //!
 //! The key is prepared once, when the JWKS is loaded: the modulus goes into
 //! Montgomery parameters (R mod n, R² mod n, -n⁻¹ mod 2^w), so a verification
@@ -10,8 +10,7 @@
 //! time is fine; the final comparisons are constant-time anyway because they
 //! cost nothing.
 
-use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
-use crypto_bigint::BoxedUint;
+use super::montgomery::Modulus;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// The SHA-2 functions JWS pairs with RSA (RFC 7518 3.3 and 3.5).
@@ -92,7 +91,7 @@ impl RsaHash {
 #[derive(Clone)]
 pub struct RsaPublicKey {
     /// The modulus and its Montgomery constants, computed once per key.
-    params: BoxedMontyParams,
+    modulus: Modulus,
     exponent: u32,
     /// Bit length of the modulus.
     bits: usize,
@@ -144,13 +143,10 @@ impl RsaPublicKey {
                 "RSA exponent `e` must be an odd number greater than 1 and below 2^32".into(),
             );
         }
-        let invalid = || "RSA modulus must be an odd number".to_string();
-        let precision = u32::try_from(bits).map_err(|_| invalid())?;
-        let modulus = BoxedUint::from_be_slice(n, precision).map_err(|_| invalid())?;
-        let modulus = modulus.to_odd().into_option().ok_or_else(invalid)?;
+        // The modulus is public: the variable-time setup is fine.
+        let modulus = Modulus::new(n).ok_or("RSA modulus must be an odd number")?;
         Ok(RsaPublicKey {
-            // The modulus is public: the variable-time setup is fine.
-            params: BoxedMontyParams::new_vartime(modulus),
+            modulus,
             exponent,
             bits,
             len: n.len(),
@@ -167,25 +163,7 @@ impl RsaPublicKey {
         if signature.len() != self.len {
             return None;
         }
-        let precision = self.params.bits_precision();
-        let s = BoxedUint::from_be_slice(signature, precision).ok()?;
-        if s >= *self.params.modulus().as_ref() {
-            return None;
-        }
-        let base = BoxedMontyForm::new(s, &self.params);
-        // Left-to-right square-and-multiply over the public exponent.
-        let mut acc = base.clone();
-        let top = 31 - self.exponent.leading_zeros();
-        for bit in (0..top).rev() {
-            acc = acc.square();
-            if (self.exponent >> bit) & 1 == 1 {
-                acc = acc.mul(&base);
-            }
-        }
-        let m = acc.retrieve().to_be_bytes();
-        // `m` is below n, so everything before the last `len` bytes is zero.
-        let skip = m.len().checked_sub(self.len)?;
-        m.get(skip..).map(<[u8]>::to_vec)
+        self.modulus.pow(signature, self.exponent)
     }
 
     /// RSASSA-PKCS1-v1_5-VERIFY (RFC 8017 8.2.2): the expected encoded block

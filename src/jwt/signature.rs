@@ -1,7 +1,7 @@
 //! Signature verification, one backend per algorithm family, chosen when the
 //! key is loaded.
 //!
-//! - RS*/PS*: our own `rsa` module on `crypto-bigint`, the modulus prepared
+//! - RS*/PS*: our own `rsa` module on `montgomery`, the modulus prepared
 //!   (Montgomery form) once per key.
 //! - EdDSA: `ed25519-dalek`, strict verification.
 //! - ES256/ES384/ES512: RustCrypto's `p256`/`p384`/`p521`; a JWKS P-256 key
