@@ -602,6 +602,13 @@ fn a_misbehaving_auth_service_gets_the_error_answer_and_the_vm_keeps_serving() {
             r.header("x-envoy-auth-failure-mode-allowed")
                 .map(String::from)
         });
+        // The service records a request on its own thread, which may run
+        // after Envoy has already answered (a timeout, a cut reply): wait
+        // for it, bounded, on a loaded machine.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.auth.count() < asked + 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(s.auth.count(), asked + 3, "{name}: the service was asked");
         // Then a well-behaved service: the same VM must answer.
         s.auth.set_handler(|_| Action::status(200));
