@@ -412,6 +412,24 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             path: None,
         },
     ];
+    // Native `jwt_authn` without its cache for every algorithm we verify,
+    // so each of our cache-miss rows has its native reference (issue 14).
+    for (alg, token) in [("es256", &t.es256), ("eddsa", &t.eddsa)] {
+        let name = leak(format!("native_jwt_{alg}_nocache"));
+        v.push(Variant {
+            name,
+            filters: vec![native_jwt(t, false)],
+            headers: bearer(token),
+            enforces: true,
+            checks: vec![
+                Check::EveryRequest(native_stat(name, "allowed")),
+                Check::Never(native_stat(name, "jwt_cache_hit")),
+            ],
+            body: Vec::new(),
+            dpop: None,
+            path: None,
+        });
+    }
     // Passthrough auth (issue 4) against the same auth service, a second
     // Envoy that answers 200 to requests carrying x-api-key, 403 otherwise.
     let api_key = vec![("x-api-key".to_string(), "bench-key".to_string())];
@@ -1438,6 +1456,55 @@ fn run() -> Result<(), String> {
         if let Some(e) = extra(name, "wasm_prefix_60k_path") {
             println!("  {name:<24} {e:+.1} us/req over wasm_prefix_60k_path");
         }
+    }
+    println!();
+    println!("issue 14 (signatures, hit path, in this run):");
+    let ratio_line = |label: &str, a: &str, over_a: &str, b: &str, over_b: &str, target: f64| {
+        if let (Some(x), Some(y)) = (extra(a, over_a), extra(b, over_b)) {
+            let r = x / y;
+            let met = if r <= target { "met" } else { "NOT met" };
+            println!("  {label:<40} {x:+.1} / {y:+.1} us = {r:.2}x, target <= {target:.2}x: {met}");
+        }
+    };
+    ratio_line(
+        "es256 miss / rs256 miss",
+        "wasm_es256_miss",
+        "none",
+        "wasm_rs256_miss",
+        "none",
+        1.5,
+    );
+    ratio_line(
+        "rs256 miss / native rs256 (no cache)",
+        "wasm_rs256_miss",
+        "none",
+        "native_jwt_nocache",
+        "none",
+        4.0,
+    );
+    for alg in ["es256", "eddsa"] {
+        if let (Some(x), Some(y)) = (
+            extra(&format!("wasm_{alg}_miss"), "none"),
+            extra(&format!("native_jwt_{alg}_nocache"), "none"),
+        ) {
+            println!(
+                "  {:<40} {x:+.1} / {y:+.1} us = {:.2}x (reported)",
+                format!("{alg} miss / native {alg} (no cache)"),
+                x / y
+            );
+        }
+    }
+    for (name, target) in [("wasm_rs256_hit", 3.0), ("wasm_no_jwt_required", 1.0)] {
+        if let Some(e) = extra(name, "wasm_noop") {
+            let met = if e <= target { "met" } else { "NOT met" };
+            println!("  {name:<40} {e:+.1} us over wasm_noop, target <= +{target:.0}: {met}");
+        }
+    }
+    if let Some(e) = extra("wasm_rs256_shared_hit", "wasm_noop") {
+        println!(
+            "  {:<40} {e:+.1} us over wasm_noop (reported)",
+            "wasm_rs256_shared_hit"
+        );
     }
     Ok(())
 }
