@@ -10,11 +10,12 @@
 //! (or, with `ENVOY_BIN` and `FILTER_WASM` set or the defaults in place,
 //! `cargo bench --bench envoy`). Knobs, from the environment:
 //! `BENCH_ROUNDS` (3), `BENCH_SECONDS` (3, the measured window of one run),
-//! `BENCH_WARMUP_SECONDS` (1), `BENCH_CONNECTIONS` (16) and `BENCH_ONLY`
+//! `BENCH_WARMUP_SECONDS` (1), `BENCH_CONNECTIONS` (16), `BENCH_CONCURRENCY`
+//! (1, the measured Envoy's `--concurrency`; start-up is always timed at 1) and `BENCH_ONLY`
 //! (comma-separated variant names; `none` is always measured), `BENCH_STARTS`
 //! (5, Envoy starts per configuration for the start-up figures of issue 14).
 //!
-//! One Envoy (`--concurrency 1`) gets one listener per variant; every route
+//! One Envoy (`--concurrency 1` unless `BENCH_CONCURRENCY` says otherwise) gets one listener per variant; every route
 //! answers with a `direct_response` 200, so no upstream adds noise and the
 //! filter under test is all that differs from the `none` listener. Rounds
 //! are interleaved (each round runs every variant once, in a rotated order)
@@ -207,6 +208,8 @@ struct Settings {
     window: Duration,
     warmup: Duration,
     connections: usize,
+    /// Envoy's worker threads (`--concurrency`) for the measured Envoy.
+    concurrency: u32,
     only: Option<Vec<String>>,
 }
 
@@ -228,6 +231,7 @@ impl Settings {
             window: Duration::from_secs_f64(env_number("BENCH_SECONDS", 3.0)?),
             warmup: Duration::from_secs_f64(env_number("BENCH_WARMUP_SECONDS", 1.0)?),
             connections: env_number("BENCH_CONNECTIONS", 16.0)? as usize,
+            concurrency: env_number("BENCH_CONCURRENCY", 1.0)? as u32,
             only: std::env::var("BENCH_ONLY")
                 .ok()
                 .map(|s| s.split(',').map(|n| n.trim().to_string()).collect()),
@@ -1116,7 +1120,7 @@ fn run() -> Result<(), String> {
     let envoy = Envoy::start_with(
         &boot,
         &Options {
-            concurrency: 1,
+            concurrency: s.concurrency,
             log_level: "warn",
             wasm_log_level: "warn",
         },
@@ -1237,8 +1241,8 @@ fn run() -> Result<(), String> {
 
     println!();
     println!(
-        "ai-auth-filter benchmark: Envoy {version} (--concurrency 1, direct_response 200), {} keep-alive connections,",
-        s.connections
+        "ai-auth-filter benchmark: Envoy {version} (--concurrency {}, direct_response 200), {} keep-alive connections,",
+        s.concurrency, s.connections
     );
     println!(
         "{} interleaved rounds of {:.1} s (+{:.1} s warm-up) per variant, medians. CPU: Envoy's utime+stime over the window;",

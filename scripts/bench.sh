@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark of issue 3: one Envoy (--concurrency 1) with a listener per
+# The benchmark of issue 3: one Envoy (--concurrency 1; BENCH_CONCURRENCY=2 for two workers) with a listener per
 # variant (no filter; Envoy's jwt_authn RS256 with and without its cache; this
 # filter RS256 / ES256 / EdDSA on a cache miss and a cache hit), measured in
 # interleaved rounds by the Rust load generator of the testkit. Prints req/s,
