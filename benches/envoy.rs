@@ -362,19 +362,6 @@ fn variants(t: &Tokens) -> Vec<Variant> {
             path: None,
         },
         Variant {
-            name: "native_jwt_nocache",
-            filters: vec![native_jwt(t, false)],
-            headers: bearer(&t.rs256),
-            enforces: true,
-            checks: vec![
-                Check::EveryRequest(native_stat("native_jwt_nocache", "allowed")),
-                Check::Never(native_stat("native_jwt_nocache", "jwt_cache_hit")),
-            ],
-            body: Vec::new(),
-            dpop: None,
-            path: None,
-        },
-        Variant {
             name: "native_jwt_cache",
             filters: vec![native_jwt(t, true)],
             headers: bearer(&t.rs256),
@@ -418,8 +405,11 @@ fn variants(t: &Tokens) -> Vec<Variant> {
     ];
     // Native `jwt_authn` without its cache for every algorithm we verify,
     // so each of our cache-miss rows has its native reference (issue 14).
-    for (alg, token) in [("es256", &t.es256), ("eddsa", &t.eddsa)] {
-        let name = leak(format!("native_jwt_{alg}_nocache"));
+    for (name, token) in [
+        ("native_jwt_nocache", &t.rs256),
+        ("native_jwt_es256_nocache", &t.es256),
+        ("native_jwt_eddsa_nocache", &t.eddsa),
+    ] {
         v.push(Variant {
             name,
             filters: vec![native_jwt(t, false)],
