@@ -228,20 +228,7 @@ fn sub_in_place(a: &mut [u32], b: &[u32]) {
 mod tests {
     use super::*;
     use ::rsa::BigUint;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
-            (0..len).map(|_| self.next() as u8).collect()
-        }
-    }
+    use ai_auth_testkit::rng::Rng;
 
     fn padded(x: &BigUint, len: usize) -> Vec<u8> {
         let mut out = x.to_bytes_be();
@@ -265,7 +252,15 @@ mod tests {
                 }
                 let modulus = Modulus::new(&n).unwrap();
                 let big_n = BigUint::from_bytes_be(&n);
-                for e in [3u32, 17, 65537, 0xffff_ffff, 2, 1, rng.next() as u32 | 1] {
+                for e in [
+                    3u32,
+                    17,
+                    65537,
+                    0xffff_ffff,
+                    2,
+                    1,
+                    rng.next_u64() as u32 | 1,
+                ] {
                     let base = BigUint::from_bytes_be(&rng.bytes(len)) % &big_n;
                     let base_bytes = padded(&base, len);
                     let want = padded(&base.modpow(&BigUint::from(e), &big_n), len);

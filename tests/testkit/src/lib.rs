@@ -11,4 +11,5 @@ pub mod keys;
 pub mod loadgen;
 pub mod misbehaving;
 pub mod providers;
+pub mod rng;
 pub mod sdk;
