@@ -86,15 +86,11 @@ fn keys_alone(keys: Value) -> Value {
 }
 
 pub fn access_log_to(listener: &mut Value, path: &std::path::Path) {
-    listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = json!([{
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": path.display().to_string(),
-            "log_format": {"text_format_source": {"inline_string":
-                "%REQ(:PATH)% status=%RESPONSE_CODE% caller=%FILTER_STATE(wasm.ai_auth.caller:PLAIN)% backend=%FILTER_STATE(wasm.ai_auth.upstream_backend:PLAIN)% model=%FILTER_STATE(wasm.ai_auth.model:PLAIN)%\n"}}
-        }
-    }]);
+    access_log(
+        listener,
+        path,
+        "%REQ(:PATH)% status=%RESPONSE_CODE% caller=%FILTER_STATE(wasm.ai_auth.caller:PLAIN)% backend=%FILTER_STATE(wasm.ai_auth.upstream_backend:PLAIN)% model=%FILTER_STATE(wasm.ai_auth.model:PLAIN)%\n",
+    );
 }
 
 pub fn temp_log(tag: &str) -> std::path::PathBuf {

@@ -31,26 +31,14 @@ struct Setup {
 impl Setup {
     fn start(listeners: Vec<(&str, Value)>) -> Setup {
         let auth = GrpcAuthServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let upstream = Server::echo();
-        let ls = listeners
-            .into_iter()
-            .map(|(name, plugin)| {
-                bootstrap::listener(
-                    name,
-                    vec![bootstrap::wasm_filter(&plugin)],
-                    vec![bootstrap::route_to("upstream")],
-                )
-            })
-            .collect();
-        let boot = bootstrap::bootstrap(
-            ls,
+        let Gateway { envoy, upstream } = Gateway::start_listeners(
+            wasm_listeners(listeners, &[]),
             vec![
-                bootstrap::cluster("upstream", upstream.port),
                 bootstrap::h2_cluster("authz_grpc", auth.port),
                 bootstrap::h2_cluster("dead_grpc", dead_port()),
             ],
+            &Options::default(),
         );
-        let envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
         Setup {
             envoy,
             auth,
@@ -283,28 +271,21 @@ fn grpc_ok_response_edits_metadata_and_the_whole_chain() {
         std::env::temp_dir().join(format!("ai-auth-grpc-access-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_path);
     let auth = GrpcAuthServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let upstream = Server::echo();
     let mut listener = bootstrap::listener(
         "chain",
         vec![bootstrap::wasm_filter(&chain)],
         vec![bootstrap::route_to("upstream")],
     );
-    listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = json!([{
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": log_path.display().to_string(),
-            "log_format": {"text_format_source": {"inline_string":
-                "metadata=%FILTER_STATE(wasm.ai_auth.ext_authz.dynamic_metadata:PLAIN)%\n"}}}
-    }]);
-    let boot = bootstrap::bootstrap(
-        vec![listener],
-        vec![
-            bootstrap::cluster("upstream", upstream.port),
-            bootstrap::h2_cluster("authz_grpc", auth.port),
-        ],
+    access_log(
+        &mut listener,
+        &log_path,
+        "metadata=%FILTER_STATE(wasm.ai_auth.ext_authz.dynamic_metadata:PLAIN)%\n",
     );
-    let envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
+    let Gateway { envoy, upstream } = Gateway::start_listeners(
+        vec![listener],
+        vec![bootstrap::h2_cluster("authz_grpc", auth.port)],
+        &Options::default(),
+    );
     let port = envoy.port("chain");
     auth.script(&json!({"response": {
         "status": {"code": 0},

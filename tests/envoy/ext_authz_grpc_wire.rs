@@ -88,7 +88,6 @@ struct Seen {
 impl Bench {
     fn start(pairs: &[Pair]) -> Bench {
         let auth = GrpcAuthServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let upstream = Server::echo();
         let ext = json!({"gateway": "ai", "tenant": "t1"});
         let mut listeners = Vec::new();
         for p in pairs {
@@ -105,14 +104,11 @@ impl Bench {
                 ));
             }
         }
-        let boot = bootstrap::bootstrap(
+        let Gateway { envoy, upstream } = Gateway::start_listeners(
             listeners,
-            vec![
-                bootstrap::cluster("upstream", upstream.port),
-                bootstrap::h2_cluster(CLUSTER, auth.port),
-            ],
+            vec![bootstrap::h2_cluster(CLUSTER, auth.port)],
+            &Options::default(),
         );
-        let envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
         Bench {
             envoy,
             auth,

@@ -66,7 +66,6 @@ impl Setup {
 
     fn start_with(listeners: Vec<(&str, Value)>, concurrency: u32) -> Setup {
         let auth = Server::start(|_| Action::status(200));
-        let upstream = Server::echo();
         let ls = listeners
             .into_iter()
             .map(|(name, plugin)| {
@@ -77,19 +76,14 @@ impl Setup {
                 bootstrap::listener(name, filters, vec![bootstrap::route_to("upstream")])
             })
             .collect();
-        let boot = bootstrap::bootstrap(
+        let Gateway { envoy, upstream } = Gateway::start_listeners(
             ls,
             vec![
-                bootstrap::cluster("upstream", upstream.port),
                 bootstrap::cluster("ext_authz", auth.port),
                 bootstrap::cluster("dead_authz", dead_port()),
             ],
+            &workers(concurrency),
         );
-        let opts = ai_auth_testkit::envoy::Options {
-            concurrency,
-            ..Default::default()
-        };
-        let envoy = Envoy::start_with(&boot, &opts).unwrap_or_else(|e| panic!("{e}"));
         Setup {
             envoy,
             auth,

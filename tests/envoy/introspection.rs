@@ -192,35 +192,12 @@ fn plugin(extra: Value) -> Value {
 }
 
 fn start(idp: &Idp, listeners: Vec<(&str, Value)>, concurrency: u32) -> (Envoy, Server) {
-    let upstream = Server::echo();
-    let ls = listeners
-        .into_iter()
-        .map(|(name, p)| {
-            bootstrap::listener(
-                name,
-                vec![bootstrap::wasm_filter_with_env(
-                    &p,
-                    &[("INTROSPECTION_SECRET", CLIENT_SECRET)],
-                )],
-                vec![bootstrap::route_to("upstream")],
-            )
-        })
-        .collect();
-    let boot = bootstrap::bootstrap(
-        ls,
-        vec![
-            bootstrap::cluster("upstream", upstream.port),
-            bootstrap::cluster("idp", idp.server.port),
-        ],
+    let gw = Gateway::start_listeners(
+        wasm_listeners(listeners, &[("INTROSPECTION_SECRET", CLIENT_SECRET)]),
+        vec![bootstrap::cluster("idp", idp.server.port)],
+        &workers(concurrency),
     );
-    let opts = ai_auth_testkit::envoy::Options {
-        concurrency,
-        ..Default::default()
-    };
-    (
-        Envoy::start_with(&boot, &opts).unwrap_or_else(|e| panic!("{e}")),
-        upstream,
-    )
+    (gw.envoy, gw.upstream)
 }
 
 fn get(envoy: &Envoy, listener: &str, token: &str) -> Response {

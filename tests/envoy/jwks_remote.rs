@@ -92,32 +92,12 @@ fn plugin(remote: Value) -> Value {
 }
 
 fn start(idp: &Idp, listeners: Vec<(&str, Value)>, concurrency: u32) -> (Envoy, Server) {
-    let upstream = Server::echo();
-    let ls = listeners
-        .into_iter()
-        .map(|(name, p)| {
-            bootstrap::listener(
-                name,
-                vec![bootstrap::wasm_filter(&p)],
-                vec![bootstrap::route_to("upstream")],
-            )
-        })
-        .collect();
-    let boot = bootstrap::bootstrap(
-        ls,
-        vec![
-            bootstrap::cluster("upstream", upstream.port),
-            bootstrap::cluster("idp", idp.server.port),
-        ],
+    let gw = Gateway::start_listeners(
+        wasm_listeners(listeners, &[]),
+        vec![bootstrap::cluster("idp", idp.server.port)],
+        &workers(concurrency),
     );
-    let opts = ai_auth_testkit::envoy::Options {
-        concurrency,
-        ..Default::default()
-    };
-    (
-        Envoy::start_with(&boot, &opts).unwrap_or_else(|e| panic!("{e}")),
-        upstream,
-    )
+    (gw.envoy, gw.upstream)
 }
 
 /// Polls until `get` answers `status`, for at most `limit`.

@@ -2,7 +2,6 @@
 //! verified once per Envoy, not once per worker.
 
 use crate::support::*;
-use ai_auth_testkit::envoy::Options;
 use serde_json::{json, Value};
 
 const WORKERS: u32 = 4;
@@ -19,29 +18,12 @@ fn plugin(key: &TestKey, audience: &str) -> Value {
 }
 
 fn start(listeners: Vec<(&str, Value)>, concurrency: u32) -> (Envoy, Server) {
-    let upstream = Server::echo();
-    let boot = bootstrap::bootstrap(
-        listeners
-            .into_iter()
-            .map(|(name, plugin)| {
-                bootstrap::listener(
-                    name,
-                    vec![bootstrap::wasm_filter(&plugin)],
-                    vec![bootstrap::route_to("upstream")],
-                )
-            })
-            .collect(),
-        vec![bootstrap::cluster("upstream", upstream.port)],
+    let gw = Gateway::start_listeners(
+        wasm_listeners(listeners, &[]),
+        vec![],
+        &workers(concurrency),
     );
-    let envoy = Envoy::start_with(
-        &boot,
-        &Options {
-            concurrency,
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    (envoy, upstream)
+    (gw.envoy, gw.upstream)
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Shared fixtures for the Envoy suites.
 
-pub use ai_auth_testkit::envoy::{bootstrap, Envoy};
+pub use ai_auth_testkit::envoy::{bootstrap, Envoy, Options};
 pub use ai_auth_testkit::http::{self, Response, Server};
 pub use ai_auth_testkit::keys::{b64, fixtures_dir, jwks, TestKey};
 use serde_json::{json, Value};
@@ -35,6 +35,42 @@ pub fn claims_with(patch: Value) -> Value {
     c
 }
 
+/// One listener per `(name, plugin)`: our filter alone (its VM given the
+/// environment variables `env`), every route to the cluster "upstream".
+pub fn wasm_listeners(listeners: Vec<(&str, Value)>, env: &[(&str, &str)]) -> Vec<Value> {
+    listeners
+        .into_iter()
+        .map(|(name, plugin)| {
+            bootstrap::listener(
+                name,
+                vec![bootstrap::wasm_filter_with_env(&plugin, env)],
+                vec![bootstrap::route_to("upstream")],
+            )
+        })
+        .collect()
+}
+
+/// Envoy's file access log on `listener`, one `format` line per request
+/// (written on Envoy's flush interval, not at once).
+pub fn access_log(listener: &mut Value, path: &std::path::Path, format: &str) {
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.display().to_string(),
+            "log_format": {"text_format_source": {"inline_string": format}}
+        }
+    }]);
+}
+
+/// Envoy's options with `concurrency` worker threads.
+pub fn workers(concurrency: u32) -> Options {
+    Options {
+        concurrency,
+        ..Default::default()
+    }
+}
+
 /// Envoy with our filter in front of an echo upstream on listener "main".
 pub struct Gateway {
     pub envoy: Envoy,
@@ -47,16 +83,21 @@ impl Gateway {
     }
 
     pub fn start_with_env(plugin: Value, env: &[(&str, &str)]) -> Gateway {
+        Self::start_listeners(
+            wasm_listeners(vec![("main", plugin)], env),
+            vec![],
+            &Options::default(),
+        )
+    }
+
+    /// Envoy with `listeners` (see [`wasm_listeners`]) in front of an echo
+    /// upstream, the cluster "upstream", and `clusters` beside it.
+    pub fn start_listeners(listeners: Vec<Value>, clusters: Vec<Value>, opts: &Options) -> Gateway {
         let upstream = Server::echo();
-        let boot = bootstrap::bootstrap(
-            vec![bootstrap::listener(
-                "main",
-                vec![bootstrap::wasm_filter_with_env(&plugin, env)],
-                vec![bootstrap::route_to("upstream")],
-            )],
-            vec![bootstrap::cluster("upstream", upstream.port)],
-        );
-        let envoy = Envoy::start(&boot).unwrap_or_else(|e| panic!("{e}"));
+        let mut all = vec![bootstrap::cluster("upstream", upstream.port)];
+        all.extend(clusters);
+        let boot = bootstrap::bootstrap(listeners, all);
+        let envoy = Envoy::start_with(&boot, opts).unwrap_or_else(|e| panic!("{e}"));
         Gateway { envoy, upstream }
     }
 

@@ -62,7 +62,7 @@ struct Setup {
 fn start() -> Setup {
     let key = TestKey::ed25519("k");
     let provider = Server::recorder();
-    let access_log = std::env::temp_dir().join(format!(
+    let access_log_path = std::env::temp_dir().join(format!(
         "ai-auth-access-{}-{}.log",
         std::process::id(),
         now()
@@ -81,14 +81,11 @@ fn start() -> Setup {
         bootstrap::route_to("upstream"),
     ];
     let mut listener = bootstrap::listener("main", vec![filter], routes);
-    listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = json!([{
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": access_log.display().to_string(),
-            "log_format": {"text_format_source": {"inline_string": "%REQ(:PATH)% backend=%FILTER_STATE(wasm.ai_auth.upstream_backend:PLAIN)%\n"}}
-        }
-    }]);
+    access_log(
+        &mut listener,
+        &access_log_path,
+        "%REQ(:PATH)% backend=%FILTER_STATE(wasm.ai_auth.upstream_backend:PLAIN)%\n",
+    );
     let boot = bootstrap::bootstrap(
         vec![listener],
         vec![
@@ -100,7 +97,7 @@ fn start() -> Setup {
     Setup {
         envoy,
         provider,
-        access_log,
+        access_log: access_log_path,
         key,
     }
 }
