@@ -15,7 +15,7 @@
 //!   `jwks_uri` next, through the same cluster; its `issuer` must be the
 //!   provider's.
 
-use crate::callout::{CalloutRequest, CalloutResponse};
+use crate::callout::{CalloutRequest, CalloutResponse, SharedStore, StoreWrite};
 use crate::jwt::config::{JwtAuthn, ProviderKeys, RemoteJwks};
 use crate::jwt::keys::parse_jwks;
 use crate::vocab::split_uri;
@@ -68,6 +68,36 @@ pub enum Window {
     TakenAt(u64),
     /// The host could not tell: closed.
     Unknown,
+}
+
+/// Takes the plugin-wide refetch window at `key` (when a VM last took it,
+/// u64 LE seconds) for this VM if no VM took it within
+/// [`MIN_FORCED_INTERVAL_SECS`]: a compare-and-swap, or a create where the
+/// slot is missing, so of VMs racing one wins and the others wait for its
+/// keys. A slot the store can neither read nor write closes the window:
+/// better a token answered with the keys at hand than an IdP hammered.
+pub fn claim_window(store: &dyn SharedStore, key: &str, now: u64) -> Window {
+    let Some((value, version)) = store.get_versioned(key) else {
+        if store.create(key, &now.to_le_bytes()) {
+            return Window::Claimed;
+        }
+        // Another VM created it first, or the store is failing.
+        return match store.get_versioned(key) {
+            Some(_) => Window::TakenAt(now),
+            None => Window::Unknown,
+        };
+    };
+    let last = <[u8; 8]>::try_from(value.as_slice())
+        .ok()
+        .map(u64::from_le_bytes);
+    match last {
+        Some(at) if now.saturating_sub(at) < MIN_FORCED_INTERVAL_SECS => Window::TakenAt(at),
+        _ => match store.set_versioned(key, &now.to_le_bytes(), version) {
+            StoreWrite::Written => Window::Claimed,
+            StoreWrite::Conflict => Window::TakenAt(now),
+            StoreWrite::Failed => Window::Unknown,
+        },
+    }
 }
 
 /// The result of one reply.
@@ -372,6 +402,46 @@ mod tests {
             .find(|(k, _)| k == ":path")
             .map(|(_, v)| v.as_str())
             .unwrap()
+    }
+
+    #[test]
+    fn the_refetch_window_is_claimed_once_per_interval() {
+        use crate::callout::MemoryStore;
+        let store = MemoryStore::default();
+        crate::shared_cache::prepare_slots(&store, ["w".to_string()]);
+        assert_eq!(claim_window(&store, "w", 100), Window::Claimed);
+        assert_eq!(claim_window(&store, "w", 129), Window::TakenAt(100));
+        assert_eq!(claim_window(&store, "w", 130), Window::Claimed);
+        // Not prepared (a VM that loaded late): created by the first claim.
+        assert_eq!(claim_window(&store, "late", 5), Window::Claimed);
+        assert_eq!(claim_window(&store, "late", 6), Window::TakenAt(5));
+    }
+
+    #[test]
+    fn of_two_vms_claiming_the_window_at_once_one_wins() {
+        use crate::callout::{MemoryStore, RacingStore};
+        // Another VM claims between our read and our write: over a prepared
+        // slot (compare-and-swap) and over a missing one (create): a plain
+        // write there would let both VMs fetch.
+        for prepared in [true, false] {
+            let store = RacingStore {
+                inner: MemoryStore::default(),
+                race: |inner: &MemoryStore, key: &str, _| {
+                    if inner.get(key).is_none_or(|v| v.is_empty()) {
+                        inner.set(key, &90u64.to_le_bytes());
+                    }
+                },
+            };
+            if prepared {
+                store.inner.set("w", b"");
+            }
+            assert_eq!(
+                claim_window(&store, "w", 100),
+                Window::TakenAt(100),
+                "prepared: {prepared}"
+            );
+            assert_eq!(store.get("w").unwrap(), 90u64.to_le_bytes());
+        }
     }
 
     #[test]

@@ -9,8 +9,13 @@
 //! compare-and-swap would have to protect. An entry carries its layout
 //! version, its full digest and its expiry: a slot another key took is a
 //! miss, and one holding another layout or cut short is a malformed miss.
+//!
+//! Slots that several VMs update (a claim, a "reported once" marker) are
+//! compare-and-swap writes over a key that exists: [`prepare_slots`] creates
+//! them at load and [`put_once`] swaps a value in, each never over what
+//! another VM created or wrote meanwhile ([`SharedStore::create`]).
 
-use crate::callout::SharedStore;
+use crate::callout::{SharedStore, StoreWrite};
 
 /// Version, digest, expiry (u64 LE).
 const HEAD: usize = 1 + 32 + 8;
@@ -92,6 +97,27 @@ impl SlotCache {
     }
 }
 
+/// Creates each of `keys` that does not exist yet, empty, so that later
+/// writes are compare-and-swaps; never over a key another VM created (and
+/// maybe wrote) meanwhile.
+pub fn prepare_slots(store: &dyn SharedStore, keys: impl IntoIterator<Item = String>) {
+    for key in keys {
+        store.create(&key, &[]);
+    }
+}
+
+/// Puts `value` at `key` unless the key holds it already; returns whether
+/// this call put it: of VMs racing to put the same value, one wins. A key
+/// the store can neither read nor create says `true` (better twice than
+/// never).
+pub fn put_once(store: &dyn SharedStore, key: &str, value: &[u8]) -> bool {
+    match store.get_versioned(key) {
+        Some((held, _)) if held == value => false,
+        Some((_, version)) => store.set_versioned(key, value, version) == StoreWrite::Written,
+        None => store.create(key, value) || store.get_versioned(key).is_none(),
+    }
+}
+
 /// Compares every byte, whatever they hold.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -150,6 +176,53 @@ mod tests {
         }
         store.set("test.ns.0", &full);
         assert_eq!(c.get(&store, &[1; 32], 0), Lookup::Hit(vec![]));
+    }
+
+    #[test]
+    fn preparing_never_overwrites_a_slot_another_vm_wrote() {
+        let store = MemoryStore::default();
+        store.set("slot.a", b"another VM's claim");
+        prepare_slots(&store, ["slot.a".to_string(), "slot.b".to_string()]);
+        assert_eq!(store.get("slot.a").unwrap(), b"another VM's claim");
+        assert_eq!(store.get("slot.b").unwrap(), b"");
+        // A VM that prepares late, after a value went in: still kept.
+        store.set("slot.b", b"v");
+        prepare_slots(&store, ["slot.b".to_string()]);
+        assert_eq!(store.get("slot.b").unwrap(), b"v");
+    }
+
+    #[test]
+    fn put_once_is_true_once_per_value() {
+        let store = MemoryStore::default();
+        prepare_slots(&store, ["k".to_string()]);
+        assert!(put_once(&store, "k", b"d1"));
+        assert!(!put_once(&store, "k", b"d1"));
+        assert!(put_once(&store, "k", b"d2"));
+        // Unprepared: created by the first.
+        assert!(put_once(&store, "late", b"d1"));
+        assert!(!put_once(&store, "late", b"d1"));
+    }
+
+    #[test]
+    fn of_two_vms_putting_the_same_value_one_wins() {
+        use crate::callout::RacingStore;
+        // Another VM puts the same value between our read and our write,
+        // over a prepared slot and over a missing one.
+        for prepared in [true, false] {
+            let store = RacingStore {
+                inner: MemoryStore::default(),
+                race: |inner: &MemoryStore, key: &str, _| {
+                    if inner.get(key).as_deref() != Some(b"d") {
+                        inner.set(key, b"d");
+                    }
+                },
+            };
+            if prepared {
+                store.inner.set("k", b"");
+            }
+            assert!(!put_once(&store, "k", b"d"), "prepared: {prepared}");
+            assert_eq!(store.get("k").unwrap(), b"d");
+        }
     }
 
     #[test]

@@ -2,15 +2,14 @@
 //! `jwks::Fetcher` asks for, publishes a fetched JWKS in shared data, and
 //! loads whatever any VM published, so every worker VM uses the same keys.
 
-use super::hostcalls;
+use super::hostcalls::{self, SharedData};
 use super::root::Shared;
 use super::stream::{KeysEvent, NO_CLOCK};
 use crate::callout::CalloutRequest;
 use crate::callout::CalloutResponse;
-use crate::jwks::{
-    decode_shared, encode_shared, Fetched, Fetcher, Refresh, Window, MIN_FORCED_INTERVAL_SECS,
-};
+use crate::jwks::{claim_window, decode_shared, encode_shared, Fetched, Fetcher, Refresh};
 use crate::jwt::keys::{parse_jwks, SkippedKey};
+use crate::shared_cache::{prepare_slots, put_once};
 use crate::stats::Counter;
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
@@ -110,7 +109,7 @@ impl Shared {
     fn refetch(&self, index: usize, now: u64) -> bool {
         let namespace = &self.config.namespace;
         let outcome = self.jwks.fetcher.borrow_mut().refresh_now(index, now, || {
-            claim_refetch_window(&refetch_key(namespace, index), now)
+            claim_window(&SharedData, &refetch_key(namespace, index), now)
         });
         match outcome {
             Refresh::InFlight | Refresh::Elsewhere => true,
@@ -176,23 +175,20 @@ impl Shared {
         Some(loaded.skipped)
     }
 
-    /// Creates the slot where skipped keys are reported, before any worker
-    /// VM runs (`on_configure` runs on the main thread first), so every
-    /// later report is a compare-and-swap.
+    /// Creates the slots where skipped keys are reported and the refetch
+    /// window is claimed, before any worker VM runs (`on_configure` runs on
+    /// the main thread first), so every later write is a compare-and-swap;
+    /// never over a slot another VM created.
     pub fn prepare_skip_reports(&self) {
         let Some(jwt) = &self.config.jwt_authn else {
             return;
         };
-        for index in 0..jwt.providers.len() {
-            for key in [
-                skipped_key(&self.config.namespace, index),
-                refetch_key(&self.config.namespace, index),
-            ] {
-                if let Ok((None, _)) = hostcalls::shared_data_with_cas(&key) {
-                    hostcalls::set_shared_if(&key, b"", None);
-                }
-            }
-        }
+        let namespace = &self.config.namespace;
+        prepare_slots(
+            &SharedData,
+            (0..jwt.providers.len())
+                .flat_map(|index| [skipped_key(namespace, index), refetch_key(namespace, index)]),
+        );
     }
 
     /// Logs each entry a provider's JWKS skipped (one line, its `kid` and
@@ -207,13 +203,7 @@ impl Shared {
         }
         let digest = digest.finalize();
         let key = skipped_key(&self.config.namespace, index);
-        let first = match hostcalls::shared_data_with_cas(&key) {
-            Ok((Some(seen), _)) if seen == digest.as_slice() => false,
-            Ok((_, cas)) => hostcalls::set_shared_if(&key, &digest, cas),
-            // Better twice than never.
-            Err(_) => true,
-        };
-        if !first {
+        if !put_once(&SharedData, &key, &digest) {
             return;
         }
         let provider = self
@@ -274,25 +264,5 @@ impl Shared {
             }
         }
         true
-    }
-}
-
-/// Takes the plugin-wide refetch window at `key` for this VM if no VM took
-/// it within [`MIN_FORCED_INTERVAL_SECS`] (compare-and-swap: of VMs racing,
-/// one wins, the others wait for its keys). A slot the host cannot read
-/// closes the window: better a token answered with the keys at hand than
-/// an IdP hammered.
-fn claim_refetch_window(key: &str, now: u64) -> Window {
-    let Ok((value, cas)) = hostcalls::shared_data_with_cas(key) else {
-        return Window::Unknown;
-    };
-    let last = value
-        .as_deref()
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes);
-    match last {
-        Some(at) if now.saturating_sub(at) < MIN_FORCED_INTERVAL_SECS => Window::TakenAt(at),
-        _ if hostcalls::set_shared_if(key, &now.to_le_bytes(), cas) => Window::Claimed,
-        _ => Window::TakenAt(now),
     }
 }

@@ -4,10 +4,10 @@
 //! and loads whatever any VM published, so every worker VM uses the same
 //! credential and the endpoint sees about one request per refresh.
 
-use super::hostcalls;
+use super::hostcalls::{self, SharedData};
 use super::root::Shared;
 use super::stream::NO_CLOCK;
-use crate::callout::CalloutResponse;
+use crate::callout::{CalloutResponse, SharedStore};
 use crate::credentials::fetch::{
     decode_shared, encode_shared, CredentialFetcher as TokenFetcher, Fetched, Lease,
     MAX_RESPONSE_BYTES,
@@ -64,10 +64,11 @@ impl Shared {
     pub fn prepare_fetch_claims(&self) {
         let backends: Vec<usize> = self.tokens.fetcher.borrow().backends().collect();
         for index in backends {
-            let key = claim_key(&self.config.namespace, index);
-            if let Ok((None, _)) = hostcalls::shared_data_with_cas(&key) {
-                hostcalls::set_shared(&key, &0u64.to_le_bytes());
-            }
+            // Never over a claim another VM created and took meanwhile.
+            SharedData.create(
+                &claim_key(&self.config.namespace, index),
+                &0u64.to_le_bytes(),
+            );
         }
     }
 
