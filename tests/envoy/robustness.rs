@@ -77,3 +77,27 @@ fn hostile_burst_then_a_good_request() {
         "a token reached the log"
     );
 }
+
+/// The testkit stops every Envoy it started with SIGTERM (its Drop, then
+/// SIGKILL only after a bounded wait): Envoy with the filter loaded, having
+/// served, exits on SIGTERM by itself, through its own shutdown.
+#[test]
+fn envoy_with_the_filter_exits_on_sigterm() {
+    let key = TestKey::rsa("k");
+    let mut gw = Gateway::start(json!({"jwt_authn": {
+        "providers": {"idp": {"issuer": ISS, "local_jwks": {"inline_string": jwks(&[&key]).to_string()}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    }}));
+    let r = gw.get("/v1/x", &[("authorization", &bearer(&key.sign(&claims())))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        gw.envoy.terminate(std::time::Duration::from_secs(30)),
+        "Envoy did not exit on SIGTERM; log:\n{}",
+        gw.envoy.log_tail(40)
+    );
+    assert!(
+        gw.envoy.log().contains("caught ENVOY_SIGTERM"),
+        "{}",
+        gw.envoy.log_tail(40)
+    );
+}

@@ -248,19 +248,31 @@ impl Envoy {
 
     /// Stops Envoy gracefully (SIGTERM, so its log is flushed) and returns the log.
     pub fn stop(&mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.terminate(Duration::from_secs(10));
+        self.log()
+    }
+
+    /// SIGTERM, then SIGKILL if Envoy has not exited within `grace`; reaps
+    /// it either way. Returns whether it exited on SIGTERM.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return true;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child, which is not reaped yet (so
+            // the pid cannot have been reused).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return self.log();
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.log()
+        false
     }
 
     pub fn log(&self) -> String {
@@ -325,8 +337,8 @@ impl Drop for Envoy {
             let tail = lines[lines.len().saturating_sub(80)..].join("\n");
             eprintln!("--- Envoy log tail ({}) ---\n{tail}", self.dir.display());
         } else {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            // Envoy's own shutdown (listeners closed, VMs stopped), bounded.
+            self.terminate(Duration::from_secs(5));
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
