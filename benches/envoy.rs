@@ -69,9 +69,8 @@
 //! Issue 11: `native_ext_authz_grpc`, `wasm_ext_authz_grpc` and
 //! `wasm_ext_authz_grpc_cache`: Envoy's `ext_authz` in gRPC mode and ours,
 //! without and with the decision cache, against the same gRPC auth service
-//! (the tests' scripted grpcio server, a process of its own: its CPU is not
-//! Envoy's, but it bounds the req/s of the uncached variants, so compare
-//! them by CPU per request). `wasm_grpc_callout_floor` is the least any
+//! (the testkit's `demo-authz`, tonic, a process of its own: its CPU is not
+//! Envoy's; compare by CPU per request). `wasm_grpc_callout_floor` is the least any
 //! proxy-wasm filter pays for one gRPC call (the noop filter's
 //! `grpc_callout` mode).
 //!
@@ -87,7 +86,6 @@
 )]
 
 use ai_auth_testkit::envoy::{self, bootstrap, Envoy, Options};
-use ai_auth_testkit::grpc_authz::GrpcAuthServer;
 use ai_auth_testkit::http;
 use ai_auth_testkit::keys::{jwks, TestKey};
 use ai_auth_testkit::loadgen;
@@ -830,15 +828,60 @@ fn wasm_ext_authz_grpc(cache: bool) -> Value {
     bootstrap::wasm_filter(&json!({ "ext_authz": authz }))
 }
 
-/// The gRPC auth service of the gRPC passthrough variants: the scripted
-/// grpcio server of the tests (its own process, so its CPU is not counted
-/// as the proxy's), OK when `x-api-key` is `bench-key`, else PERMISSION_DENIED.
-fn start_grpc_auth_service() -> Result<GrpcAuthServer, String> {
-    let server = GrpcAuthServer::start()?;
-    server.script(&json!({
-        "rules": [{"if_header": ["x-api-key", "bench-key"], "response": {"status": {"code": 0}}}],
-        "response": {"status": {"code": 7}}
-    }));
+/// The gRPC auth service of the gRPC passthrough variants: the testkit's
+/// `demo-authz` (tonic) with the benchmark's policy (`AUTHZ_BENCH_API_KEY`:
+/// OK when `x-api-key` is `bench-key`, else PERMISSION_DENIED), its own
+/// process (its CPU is not Envoy's). The tests' grpcio server held these
+/// variants near 500-1,000 req/s, Envoy mostly idle, and its CPU per
+/// request then swung with the pace (cold caches, no batching) rather than
+/// with the filter.
+struct BenchAuthz {
+    child: std::process::Child,
+    grpc_port: u16,
+}
+
+impl Drop for BenchAuthz {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn start_grpc_auth_service() -> Result<BenchAuthz, String> {
+    // target/release/deps/envoy-<hash> -> target/release/demo-authz
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("demo-authz"))
+        .filter(|b| b.is_file())
+        .ok_or("demo-authz not found next to the benchmark: run scripts/bench.sh (builds it)")?;
+    let (http_port, grpc_port) = (free_port()?, free_port()?);
+    let child = std::process::Command::new(&bin)
+        .arg(http_port.to_string())
+        .arg(grpc_port.to_string())
+        .env("AUTHZ_BENCH_API_KEY", "bench-key")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let server = BenchAuthz { child, grpc_port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "demo-authz did not listen on {grpc_port} within 10 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     Ok(server)
 }
 
@@ -1098,10 +1141,10 @@ fn run() -> Result<(), String> {
         .collect();
     let auth_service = start_auth_service()?;
     let mut clusters = vec![bootstrap::cluster("ext_authz", auth_service.port("authz"))];
-    // Started only when a gRPC variant runs (it needs grpcio in .venv).
+    // Started only when a gRPC variant runs.
     let _grpc_auth_service = if all.iter().any(|v| v.name.contains("_grpc")) {
         let server = start_grpc_auth_service()?;
-        clusters.push(bootstrap::h2_cluster("ext_authz_grpc", server.port));
+        clusters.push(bootstrap::h2_cluster("ext_authz_grpc", server.grpc_port));
         Some(server)
     } else {
         None

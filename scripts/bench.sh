@@ -20,6 +20,9 @@ FILTER_WASM=$(scripts/build-wasm.sh)
 export ENVOY_BIN FILTER_WASM
 # The floor variant's filter, built next to ours.
 cargo build --quiet --release --target wasm32-wasip1 -p ai-auth-noop-filter >&2
+# The gRPC passthrough variants' auth service (tonic), in the bench profile
+# (target/release, next to the benchmark).
+cargo build --quiet --profile bench -p ai-auth-testkit --bin demo-authz >&2
 
 echo "== building the benchmark (release)" >&2
 cargo bench --quiet --bench envoy --no-run >&2

@@ -17,6 +17,13 @@
 //! upstream (and the demo's checks) see which transport decided.
 //!
 //! Usage: demo-authz <http port> [<grpc port>]   (ends on SIGTERM or SIGINT)
+//!
+//! With `AUTHZ_BENCH_API_KEY` set, the policy is the benchmark's instead
+//! (`benches/envoy.rs`, the passthrough rows): allowed, with nothing added,
+//! when the request's `x-api-key` is that value, else 403 (gRPC
+//! `PERMISSION_DENIED`, no body). A fast service (tonic, no logging) keeps
+//! the benchmark's Envoy busy, so its CPU per request is not dominated by a
+//! slow service's pace.
 
 use ai_auth_testkit::demo;
 use ai_auth_testkit::http::Action;
@@ -63,6 +70,15 @@ fn decide(user: Option<&str>, tenant: Option<&str>, path: &str) -> Decision {
     Decision::Deny { body }
 }
 
+/// The benchmark's policy (`AUTHZ_BENCH_API_KEY`): whether this key may pass.
+fn bench_allows(key: &str, sent: Option<&str>) -> bool {
+    sent == Some(key)
+}
+
+fn bench_key() -> Option<String> {
+    std::env::var("AUTHZ_BENCH_API_KEY").ok()
+}
+
 fn main() {
     demo::block_termination();
     let usage = "demo-authz <http port> [<grpc port>]";
@@ -74,7 +90,16 @@ fn main() {
         };
         grpc::start(grpc_port);
     }
-    demo::serve("demo-authz", port, |r| {
+    let bench = bench_key();
+    demo::serve("demo-authz", port, move |r| {
+        if let Some(key) = &bench {
+            let status = if bench_allows(key, r.header("x-api-key")) {
+                200
+            } else {
+                403
+            };
+            return Action::status(status);
+        }
         let path = r.path.strip_prefix("/check").unwrap_or(&r.path);
         match decide(r.header("x-user"), r.header("x-tenant"), path) {
             Decision::Allow { plan } => Action::status(200)
@@ -90,7 +115,7 @@ fn main() {
 /// own thread (the main thread waits for SIGTERM / SIGINT, then the process
 /// ends with it).
 mod grpc {
-    use super::{decide, Decision, TRANSPORT_HEADER};
+    use super::{bench_allows, bench_key, decide, Decision, TRANSPORT_HEADER};
     use std::collections::BTreeMap;
     use std::convert::Infallible;
     use std::future::{ready, Future, Ready};
@@ -139,9 +164,10 @@ mod grpc {
             }
         };
         eprintln!("demo-authz: gRPC (Authorization/Check) on {addr}");
+        let service = Authorization { bench: bench_key() };
         std::thread::spawn(move || {
             let served = runtime.block_on(
-                tonic::transport::Server::builder().serve_with_incoming(Authorization, incoming),
+                tonic::transport::Server::builder().serve_with_incoming(service, incoming),
             );
             if let Err(e) = served {
                 eprintln!("demo-authz: the gRPC server stopped: {e}");
@@ -152,7 +178,10 @@ mod grpc {
 
     /// The one gRPC method, routed by path (what tonic's codegen would write).
     #[derive(Clone)]
-    struct Authorization;
+    struct Authorization {
+        /// `AUTHZ_BENCH_API_KEY`: the benchmark's policy instead of the demo's.
+        bench: Option<String>,
+    }
 
     type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 
@@ -172,21 +201,52 @@ mod grpc {
                     Ok(tonic::Status::unimplemented(format!("no method {path}")).into_http())
                 });
             }
+            let check = Check {
+                bench: self.bench.clone(),
+            };
             Box::pin(async move {
                 let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-                Ok(grpc.unary(Check, request).await)
+                Ok(grpc.unary(check, request).await)
             })
         }
     }
 
-    struct Check;
+    struct Check {
+        bench: Option<String>,
+    }
 
     impl tonic::server::UnaryService<CheckRequest> for Check {
         type Response = CheckResponse;
         type Future = Ready<Result<tonic::Response<CheckResponse>, tonic::Status>>;
 
         fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-            ready(Ok(tonic::Response::new(check(&request.into_inner()))))
+            let request = request.into_inner();
+            let response = match &self.bench {
+                Some(key) => bench_check(key, &request),
+                None => check(&request),
+            };
+            ready(Ok(tonic::Response::new(response)))
+        }
+    }
+
+    /// The benchmark's policy: OK with nothing added, or PERMISSION_DENIED.
+    fn bench_check(key: &str, request: &CheckRequest) -> CheckResponse {
+        let sent = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .and_then(|h| h.headers.get("x-api-key"))
+            .map(String::as_str);
+        let code = if bench_allows(key, sent) {
+            OK
+        } else {
+            PERMISSION_DENIED
+        };
+        CheckResponse {
+            status: Some(RpcStatus { code }),
+            ok_response: None,
+            denied_response: None,
         }
     }
 
@@ -270,6 +330,8 @@ mod grpc {
 
     #[derive(Clone, PartialEq, prost::Message)]
     struct HttpRequest {
+        #[prost(btree_map = "string, string", tag = "3")]
+        headers: BTreeMap<String, String>,
         #[prost(string, tag = "4")]
         path: String,
     }
