@@ -1,6 +1,7 @@
 //! Host-neutral HTTP callouts: what the core asks the host to send, and the
 //! reply as the core sees it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,9 +14,10 @@ pub struct CalloutRequest {
     pub timeout: Duration,
 }
 
-/// A unary gRPC call, as the proxy-wasm host sends it.
+/// Where a unary gRPC call goes and how: the same for every call of one
+/// configuration, so built once when it is loaded (not per request).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrpcCall {
+pub struct GrpcTarget {
     /// The Envoy cluster, for logs.
     pub cluster: String,
     /// What the host takes as the call's target: a serialized
@@ -24,9 +26,15 @@ pub struct GrpcCall {
     pub service: String,
     pub method: String,
     pub initial_metadata: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// A unary gRPC call, as the proxy-wasm host sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    pub target: Arc<GrpcTarget>,
     /// The serialized request message.
     pub message: Vec<u8>,
-    pub timeout: Duration,
 }
 
 /// How a gRPC call ended.

@@ -2,6 +2,7 @@
 //! `http_service` or a `grpc_service`.
 
 use super::cache::CacheSecret;
+use crate::callout::GrpcTarget;
 use crate::response::is_valid_header_value;
 use crate::route::{RawRouteMatch, RawStringMatcher, RouteMatch, StringMatcher};
 use crate::vocab::{
@@ -9,6 +10,7 @@ use crate::vocab::{
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Envoy's default `ext_authz` timeout.
@@ -244,6 +246,8 @@ pub struct GrpcSettings {
     pub authority: String,
     pub timeout: Duration,
     pub initial_metadata: Vec<(String, String)>,
+    /// The calls' target, encoded once here rather than for every check.
+    pub target: Arc<GrpcTarget>,
 }
 
 #[derive(Debug)]
@@ -529,11 +533,19 @@ impl GrpcSettings {
             }
             initial_metadata.push((header_name(&h.key, &format!("{f}.key"))?, h.value.clone()));
         }
+        let cluster = raw.envoy_grpc.cluster_name;
+        let target = Arc::new(super::grpc::target(
+            &cluster,
+            &authority,
+            &initial_metadata,
+            timeout,
+        ));
         Ok(GrpcSettings {
-            cluster: raw.envoy_grpc.cluster_name,
+            cluster,
             authority,
             timeout,
             initial_metadata,
+            target,
         })
     }
 }

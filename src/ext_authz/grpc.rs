@@ -11,12 +11,14 @@ use super::proto::{
     Timestamp, Value,
 };
 use super::{Allowed, AuthDecision, ErrorKind, ExtAuthz, PARTIAL_BODY_HEADER};
-use crate::callout::{GrpcCall, GrpcReply};
+use crate::callout::{GrpcCall, GrpcReply, GrpcTarget};
 use crate::jwt::Identity;
 use crate::request::RequestView;
 use crate::response::is_valid_header_value;
 use prost::Message;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub const SERVICE: &str = "envoy.service.auth.v3.Authorization";
 pub const METHOD: &str = "Check";
@@ -25,6 +27,31 @@ pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 /// A `CheckResponse` longer than this is an error (they are small; a
 /// denial's body is capped at `MAX_DENIED_BODY_BYTES` anyway).
 pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+
+/// Where the checks of one `grpc_service` go: the host's target (a
+/// serialized `GrpcService` naming the cluster and `:authority`), the
+/// method, metadata and timeout.
+pub fn target(
+    cluster: &str,
+    authority: &str,
+    initial_metadata: &[(String, String)],
+    timeout: Duration,
+) -> GrpcTarget {
+    GrpcTarget {
+        cluster: cluster.to_string(),
+        upstream: GrpcService {
+            envoy_grpc: Some(EnvoyGrpc {
+                cluster_name: cluster.to_string(),
+                authority: authority.to_string(),
+            }),
+        }
+        .encode_to_vec(),
+        service: SERVICE.to_string(),
+        method: METHOD.to_string(),
+        initial_metadata: initial_metadata.to_vec(),
+        timeout,
+    }
+}
 
 /// The request facts Envoy puts in a `CheckRequest` that are not headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -228,7 +255,7 @@ impl ExtAuthz {
     pub fn grpc_cache_key(
         &self,
         svc: &GrpcSettings,
-        check: &CheckRequest,
+        check: &mut CheckRequest,
         req: &RequestView,
     ) -> Option<DecisionKey> {
         let cfg = self.decision_cache.as_ref()?;
@@ -239,41 +266,20 @@ impl ExtAuthz {
             h.field(k.as_bytes());
             h.field(v.as_bytes());
         }
-        let mut stable = check.clone();
-        if let Some(attributes) = &mut stable.attributes {
-            if let Some(request) = &mut attributes.request {
-                request.time = None;
-                if let Some(http) = &mut request.http {
-                    http.id.clear();
-                    http.headers.remove("x-request-id");
-                }
-            }
-            let source = attributes.source.as_mut().and_then(|p| p.address.as_mut());
-            if let Some(socket) = source.and_then(|a| a.socket_address.as_mut()) {
-                socket.port_value = 0;
-            }
-        }
+        // Taken out of the check for the key's encoding and put back (no
+        // copy of the whole message per request).
+        let varying = take_varying(check);
         h.field(b"\0check");
-        h.field(&stable.encode_to_vec());
+        h.field(&check.encode_to_vec());
+        put_back_varying(check, varying);
         Some(h.finish(cfg, req))
     }
 
     /// The call to send for a check.
     pub fn grpc_call(&self, svc: &GrpcSettings, check: &CheckRequest) -> GrpcCall {
         GrpcCall {
-            cluster: svc.cluster.clone(),
-            upstream: GrpcService {
-                envoy_grpc: Some(EnvoyGrpc {
-                    cluster_name: svc.cluster.clone(),
-                    authority: svc.authority.clone(),
-                }),
-            }
-            .encode_to_vec(),
-            service: SERVICE.to_string(),
-            method: METHOD.to_string(),
-            initial_metadata: svc.initial_metadata.clone(),
+            target: Arc::clone(&svc.target),
             message: check.encode_to_vec(),
-            timeout: svc.timeout,
         }
     }
 
@@ -364,6 +370,52 @@ impl ExtAuthz {
             .filter(|m| !m.fields.is_empty())
             .map(|m| struct_to_json(m).to_string());
         AuthDecision::Allow(allowed)
+    }
+}
+
+/// What differs for every request of one caller: the time, the request
+/// id (field and header), the client's port.
+#[derive(Default)]
+struct Varying {
+    time: Option<Timestamp>,
+    id: String,
+    request_id_header: Option<String>,
+    port: u32,
+}
+
+fn take_varying(check: &mut CheckRequest) -> Varying {
+    let mut v = Varying::default();
+    if let Some(attributes) = &mut check.attributes {
+        if let Some(request) = &mut attributes.request {
+            v.time = request.time.take();
+            if let Some(http) = &mut request.http {
+                v.id = std::mem::take(&mut http.id);
+                v.request_id_header = http.headers.remove("x-request-id");
+            }
+        }
+        let source = attributes.source.as_mut().and_then(|p| p.address.as_mut());
+        if let Some(socket) = source.and_then(|a| a.socket_address.as_mut()) {
+            v.port = std::mem::take(&mut socket.port_value);
+        }
+    }
+    v
+}
+
+fn put_back_varying(check: &mut CheckRequest, v: Varying) {
+    if let Some(attributes) = &mut check.attributes {
+        if let Some(request) = &mut attributes.request {
+            request.time = v.time;
+            if let Some(http) = &mut request.http {
+                http.id = v.id;
+                if let Some(value) = v.request_id_header {
+                    http.headers.insert("x-request-id".to_string(), value);
+                }
+            }
+        }
+        let source = attributes.source.as_mut().and_then(|p| p.address.as_mut());
+        if let Some(socket) = source.and_then(|a| a.socket_address.as_mut()) {
+            socket.port_value = v.port;
+        }
     }
 }
 

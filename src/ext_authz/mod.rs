@@ -263,8 +263,8 @@ impl ExtAuthz {
                 (Check::Http(call), key)
             }
             Transport::Grpc(svc) => {
-                let message = self.grpc_check_request(req, identities, body, now);
-                let key = self.grpc_cache_key(svc, &message, req);
+                let mut message = self.grpc_check_request(req, identities, body, now);
+                let key = self.grpc_cache_key(svc, &mut message, req);
                 (Check::Grpc(self.grpc_call(svc, &message)), key)
             }
         }

@@ -639,14 +639,14 @@ mod grpc_transport {
             (PARTIAL_BODY_HEADER, "spoofed"),
         ]);
         let (check, call) = sent(authz, &r, Some((b"{\"m\":1}", true)));
-        assert_eq!(call.service, "envoy.service.auth.v3.Authorization");
-        assert_eq!(call.method, "Check");
-        assert_eq!(call.timeout, std::time::Duration::from_millis(300));
+        assert_eq!(call.target.service, "envoy.service.auth.v3.Authorization");
+        assert_eq!(call.target.method, "Check");
+        assert_eq!(call.target.timeout, std::time::Duration::from_millis(300));
         assert_eq!(
-            call.initial_metadata,
+            call.target.initial_metadata,
             [("x-tenant".to_string(), "t1".to_string())]
         );
-        let target = proto::GrpcService::decode(call.upstream.as_slice()).unwrap();
+        let target = proto::GrpcService::decode(call.target.upstream.as_slice()).unwrap();
         assert_eq!(target.envoy_grpc.as_ref().unwrap().cluster_name, "authz");
         assert_eq!(target.envoy_grpc.unwrap().authority, "authz.internal");
         let a = check.attributes.unwrap();
@@ -813,6 +813,37 @@ mod grpc_transport {
             key(&[("x-api-key", "b"), ("x-request-id", "1")], 1000, 1)
         );
         assert_ne!(base, key(&[("x-api-key", "a"), ("cookie", "c")], 1000, 1));
+    }
+
+    /// The key is computed with the per-request fields taken out of the
+    /// check; the check sent still carries every one of them.
+    #[test]
+    fn the_check_sent_with_the_cache_on_is_the_check_without_it() {
+        let cached = grpc(json!({"decision_cache": {"ttl": "30s"}}));
+        let plain = grpc(json!({}));
+        let r = grpc_request(&[("x-api-key", "a"), ("x-request-id", "rid-7")]);
+        let (with_cache, call) = sent(cached.ext_authz.as_ref().unwrap(), &r, None);
+        let (without, _) = sent(plain.ext_authz.as_ref().unwrap(), &r, None);
+        assert_eq!(with_cache, without);
+        let a = with_cache.attributes.unwrap();
+        let request = a.request.unwrap();
+        assert_eq!(request.time.unwrap().seconds, 1_700_000_000);
+        let http = request.http.unwrap();
+        assert_eq!(http.id, "rid-7");
+        assert_eq!(
+            http.headers.get("x-request-id").map(String::as_str),
+            Some("rid-7")
+        );
+        let port = a
+            .source
+            .unwrap()
+            .address
+            .unwrap()
+            .socket_address
+            .unwrap()
+            .port_value;
+        assert_eq!(port, 5555);
+        assert_eq!(call.target.cluster, "authz");
     }
 
     /// Envoy 1.40 reads only `append` on `ok_response.headers`

@@ -183,19 +183,20 @@ pub fn callout_response_body(size: usize) -> Vec<u8> {
 /// Sends a unary gRPC call; its reply comes to `proxy_on_grpc_receive`
 /// (OK) or `proxy_on_grpc_close` (any other status).
 pub fn grpc_dispatch(call: &GrpcCall) -> Result<u32, HostError> {
-    let metadata: Vec<(&str, &[u8])> = call
+    let target = &call.target;
+    let metadata: Vec<(&str, &[u8])> = target
         .initial_metadata
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
     // The host takes the target as bytes: a serialized GrpcService.
     abi::grpc_call(
-        &call.upstream,
-        &call.service,
-        &call.method,
+        &target.upstream,
+        &target.service,
+        &target.method,
         &metadata,
         &call.message,
-        timeout_millis(call.timeout),
+        timeout_millis(target.timeout),
     )
 }
 

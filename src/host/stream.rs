@@ -260,7 +260,7 @@ impl Shared {
             Ok(token) => {
                 log::trace!(
                     "#{context_id} ai_auth: gRPC call {token} to {}",
-                    call.cluster
+                    call.target.cluster
                 );
                 self.pending.borrow_mut().insert(
                     context_id,
@@ -275,7 +275,7 @@ impl Shared {
             Err(status) => {
                 log::warn!(
                     "#{context_id} ai_auth: cannot call cluster {} over gRPC: {status:?}",
-                    call.cluster
+                    call.target.cluster
                 );
                 let Some(now) = self.clock() else {
                     return internal_error(context_id, NO_CLOCK);
