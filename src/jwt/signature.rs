@@ -22,6 +22,27 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// Largest RSA modulus we accept: bounds the cost of one verification.
 pub const MAX_RSA_BITS: usize = 8192;
 
+/// The curve's ECDSA public key from its affine coordinates, as
+/// `from_sec1_bytes` reads an uncompressed point: each coordinate below the
+/// field's modulus, the point on the curve and not the identity. Built from
+/// the coordinates directly, so SEC1's compressed-point branch (a square
+/// root per curve, about 19 KB of the .wasm) is not linked (issue 14).
+macro_rules! ec_key {
+    ($curve:ident, $x:expr, $y:expr) => {{
+        use $curve::elliptic_curve::point::AffineCoordinates;
+        match (
+            $curve::FieldBytes::try_from($x),
+            $curve::FieldBytes::try_from($y),
+        ) {
+            (Ok(x), Ok(y)) => {
+                Option::<$curve::AffinePoint>::from($curve::AffinePoint::from_coordinates(&x, &y))
+                    .and_then(|point| $curve::ecdsa::VerifyingKey::from_affine(point).ok())
+            }
+            _ => None,
+        }
+    }};
+}
+
 /// A public (or, for HS*, shared) key ready to verify.
 pub enum KeyMaterial {
     Rsa(Box<RsaPublicKey>),
@@ -90,22 +111,14 @@ impl KeyMaterial {
                 "EC coordinates for {crv} must be {size} bytes each"
             ));
         }
-        let mut point = Vec::with_capacity(1 + 2 * size);
-        point.push(0x04);
-        point.extend_from_slice(x);
-        point.extend_from_slice(y);
         let off_curve = || format!("EC point is not on {crv}");
         Ok(match crv {
             "P-256" => KeyMaterial::P256(Box::new(P256Key {
-                key: p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
+                key: ec_key!(p256, x, y).ok_or_else(off_curve)?,
                 prepared: None,
             })),
-            "P-384" => KeyMaterial::P384(Box::new(
-                p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
-            )),
-            _ => KeyMaterial::P521(Box::new(
-                p521::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?,
-            )),
+            "P-384" => KeyMaterial::P384(Box::new(ec_key!(p384, x, y).ok_or_else(off_curve)?)),
+            _ => KeyMaterial::P521(Box::new(ec_key!(p521, x, y).ok_or_else(off_curve)?)),
         })
     }
 
