@@ -2,9 +2,10 @@
 //! our Montgomery arithmetic (`montgomery`).
 //!
 //! The key is prepared once, when the JWKS is loaded: the modulus goes into
-//! Montgomery parameters (R mod n, R² mod n, -n⁻¹ mod 2^w), so a verification
-//! is one conversion, `bits(e) - 1` squarings and `popcount(e) - 1`
-//! multiplications (16 and 1 for e = 65537), and one reduction.
+//! Montgomery parameters (R² mod n, -n⁻¹ mod 2^28), so a verification is one
+//! conversion, `bits(e) - 1` squarings and `popcount(e) - 1` multiplications
+//! (16 and 1 for e = 65537), the last of which, by the plain signature, also
+//! leaves Montgomery form.
 //!
 //! Everything here handles public data (key, message, signature), so variable
 //! time is fine; the final comparisons are constant-time anyway because they
