@@ -211,6 +211,29 @@ impl<F: Fn(&MemoryStore, &str, u32)> SharedStore for RacingStore<F> {
     }
 }
 
+/// The race of two VMs over one slot: another VM writes `value` between our
+/// read and our write (unless the slot already holds it). `prepared`: the
+/// slot exists, empty, as `prepare_slots` leaves it; otherwise it is missing.
+#[cfg(test)]
+pub fn another_vm_writes(
+    value: Vec<u8>,
+    key: &str,
+    prepared: bool,
+) -> RacingStore<impl Fn(&MemoryStore, &str, u32)> {
+    let store = RacingStore {
+        inner: MemoryStore::default(),
+        race: move |inner: &MemoryStore, key: &str, _| {
+            if inner.get(key).as_deref() != Some(value.as_slice()) {
+                inner.set(key, &value);
+            }
+        },
+    };
+    if prepared {
+        store.inner.set(key, b"");
+    }
+    store
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

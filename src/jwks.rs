@@ -419,22 +419,12 @@ mod tests {
 
     #[test]
     fn of_two_vms_claiming_the_window_at_once_one_wins() {
-        use crate::callout::{MemoryStore, RacingStore};
         // Another VM claims between our read and our write: over a prepared
         // slot (compare-and-swap) and over a missing one (create): a plain
         // write there would let both VMs fetch.
         for prepared in [true, false] {
-            let store = RacingStore {
-                inner: MemoryStore::default(),
-                race: |inner: &MemoryStore, key: &str, _| {
-                    if inner.get(key).is_none_or(|v| v.is_empty()) {
-                        inner.set(key, &90u64.to_le_bytes());
-                    }
-                },
-            };
-            if prepared {
-                store.inner.set("w", b"");
-            }
+            let store =
+                crate::callout::another_vm_writes(90u64.to_le_bytes().to_vec(), "w", prepared);
             assert_eq!(
                 claim_window(&store, "w", 100),
                 Window::TakenAt(100),

@@ -205,21 +205,10 @@ mod tests {
 
     #[test]
     fn of_two_vms_putting_the_same_value_one_wins() {
-        use crate::callout::RacingStore;
         // Another VM puts the same value between our read and our write,
         // over a prepared slot and over a missing one.
         for prepared in [true, false] {
-            let store = RacingStore {
-                inner: MemoryStore::default(),
-                race: |inner: &MemoryStore, key: &str, _| {
-                    if inner.get(key).as_deref() != Some(b"d") {
-                        inner.set(key, b"d");
-                    }
-                },
-            };
-            if prepared {
-                store.inner.set("k", b"");
-            }
+            let store = crate::callout::another_vm_writes(b"d".to_vec(), "k", prepared);
             assert!(!put_once(&store, "k", b"d"), "prepared: {prepared}");
             assert_eq!(store.get("k").unwrap(), b"d");
         }

@@ -49,9 +49,12 @@ impl Misbehavior {
     /// well-behaved service would answer (a JWKS, a token reply...), used
     /// where the kind sends a body.
     pub fn action(self, timeout: Duration, body: &[u8]) -> Action {
+        // Every kind ends its connection; `connection: close` says so up
+        // front, so that a host which accepted the reply never pools the
+        // connection and sends the next callout down a socket being closed.
         let head = |status: &str, length: usize| {
             format!(
-                "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+                "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
             )
             .into_bytes()
         };
