@@ -5,6 +5,9 @@
 //! and with U+FFFD where they are not, so a hostile value can never abort the
 //! VM and never compares equal to a configured value by accident.
 
+/// The pseudo-headers a view keeps apart from the others.
+const PSEUDO: [&str; 4] = [":authority", ":method", ":path", ":scheme"];
+
 /// One request as the core sees it.
 #[derive(Debug, Clone, Default)]
 pub struct RequestView {
@@ -12,6 +15,10 @@ pub struct RequestView {
     path: String,
     authority: String,
     scheme: String,
+    /// The pseudo-headers above in the order the request had them (Envoy's
+    /// header map keeps them first, in arrival order; a gRPC check with
+    /// `encode_raw_headers` lists them in that order).
+    pseudo_order: Vec<&'static str>,
     headers: Vec<(String, String)>,
     /// The Envoy cluster the route chose, when the host provided it.
     cluster: Option<String>,
@@ -37,12 +44,21 @@ impl RequestView {
             } else {
                 name
             };
-            match name.as_str() {
-                ":method" => view.method = value,
-                ":path" => view.path = value,
-                ":authority" => view.authority = value,
-                ":scheme" => view.scheme = value,
-                _ => view.headers.push((name, value)),
+            let slot = match name.as_str() {
+                ":method" => &mut view.method,
+                ":path" => &mut view.path,
+                ":authority" => &mut view.authority,
+                ":scheme" => &mut view.scheme,
+                _ => {
+                    view.headers.push((name, value));
+                    continue;
+                }
+            };
+            *slot = value;
+            if let Some(p) = PSEUDO.into_iter().find(|p| *p == name) {
+                if !view.pseudo_order.contains(&p) {
+                    view.pseudo_order.push(p);
+                }
             }
         }
         view
@@ -113,6 +129,24 @@ impl RequestView {
             .iter()
             .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// `:method`, `:path`, `:authority` and `:scheme` with their values
+    /// (empty when absent), in the request's order, then any it lacked.
+    pub fn pseudo_headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let missing = PSEUDO
+            .into_iter()
+            .filter(|p| !self.pseudo_order.contains(p));
+        self.pseudo_order
+            .iter()
+            .copied()
+            .chain(missing)
+            .map(|p| match p {
+                ":method" => (p, self.method.as_str()),
+                ":path" => (p, self.path.as_str()),
+                ":authority" => (p, self.authority.as_str()),
+                _ => (p, self.scheme.as_str()),
+            })
     }
 
     /// All regular headers (no pseudo-headers), names lowercase.
@@ -354,6 +388,25 @@ mod tests {
         let v = view("/", &[("cookie", "a=1; jwt=tok"), ("cookie", "b=2")]);
         assert_eq!(v.cookies("jwt").collect::<Vec<_>>(), ["tok"]);
         assert_eq!(v.cookies("b").collect::<Vec<_>>(), ["2"]);
+    }
+
+    #[test]
+    fn pseudo_headers_keep_the_requests_order() {
+        let v = RequestView::new(vec![
+            (":authority".into(), "h".into()),
+            ("x-a".into(), "1".into()),
+            (":path".into(), "/p".into()),
+            (":method".into(), "GET".into()),
+        ]);
+        assert_eq!(
+            v.pseudo_headers().collect::<Vec<_>>(),
+            [
+                (":authority", "h"),
+                (":path", "/p"),
+                (":method", "GET"),
+                (":scheme", "")
+            ]
+        );
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub struct RawExtAuthz {
     #[serde(default)]
     rules: Vec<RawRule>,
     decision_cache: Option<RawDecisionCache>,
+    /// gRPC: the request headers as `header_map` entries (one per value,
+    /// its bytes in `raw_value`) instead of the `headers` map.
+    #[serde(default)]
+    encode_raw_headers: bool,
+    /// The request headers the check carries (gRPC: all when unset; HTTP:
+    /// as `authorization_request.allowed_headers`). Case-sensitive unless
+    /// a pattern sets `ignore_case`, as in Envoy.
+    allowed_headers: Option<RawListMatcher>,
+    /// Request headers the check never carries (before `allowed_headers`).
+    disallowed_headers: Option<RawListMatcher>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,7 +194,7 @@ struct RawDecisionCache {
     max_entries: Option<usize>,
 }
 
-/// Header names matched against patterns (names are lowercase; patterns are folded).
+/// Header names (lowercase) matched against patterns.
 #[derive(Debug, Default)]
 pub struct HeaderList(Vec<StringMatcher>);
 
@@ -197,12 +207,17 @@ impl HeaderList {
         self.0.iter().any(|m| m.matches(name))
     }
 
-    fn compile(raw: Option<RawListMatcher>, field: &str) -> Result<Option<Self>, ConfigError> {
+    /// `fold`: every pattern ignores case (as the `http_service` lists
+    /// always have here); else each pattern as it says, as Envoy matches.
+    fn compile(
+        raw: Option<RawListMatcher>,
+        field: &str,
+        fold: bool,
+    ) -> Result<Option<Self>, ConfigError> {
         let Some(raw) = raw else { return Ok(None) };
         let mut out = Vec::new();
         for (i, mut p) in raw.patterns.into_iter().enumerate() {
-            // Header names are case-insensitive.
-            p.ignore_case = true;
+            p.ignore_case |= fold;
             out.push(
                 StringMatcher::compile(&p)
                     .map_err(|e| e.under(&format!("{field}.patterns[{i}]")))?,
@@ -267,9 +282,15 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct ExtAuthz {
     pub transport: Transport,
+    /// The request headers a check carries besides those it always has;
+    /// `None`: none over HTTP, all over gRPC.
+    pub allowed_headers: Option<HeaderList>,
+    /// Request headers a check never carries.
+    pub disallowed_headers: HeaderList,
+    /// gRPC: headers in `header_map` (`raw_value`), not in `headers`.
+    pub encode_raw_headers: bool,
     /// The `http_service` lists below are empty for gRPC, whose service
     /// says per answer what to do with which header.
-    pub allowed_headers: HeaderList,
     pub headers_to_add: Vec<(String, String)>,
     pub upstream_headers: HeaderList,
     pub upstream_headers_to_append: HeaderList,
@@ -333,6 +354,38 @@ impl ExtAuthz {
         }
         let rq = "http_service.authorization_request";
         let rs = "http_service.authorization_response";
+        let is_http = matches!(transport, Transport::Http(_));
+        if raw.encode_raw_headers && is_http {
+            return Err(ConfigError::new(
+                "encode_raw_headers",
+                "only a grpc_service check carries header_map",
+            ));
+        }
+        let top_allowed = HeaderList::compile(raw.allowed_headers, "allowed_headers", false)?;
+        let http_allowed =
+            HeaderList::compile(req.allowed_headers, &format!("{rq}.allowed_headers"), true)?;
+        if top_allowed.is_some() && http_allowed.is_some() {
+            // As Envoy: "Invalid duplicate configuration for allowed_headers".
+            return Err(ConfigError::new(
+                "allowed_headers",
+                format!("cannot be combined with {rq}.allowed_headers"),
+            ));
+        }
+        let disallowed_headers =
+            HeaderList::compile(raw.disallowed_headers, "disallowed_headers", false)?
+                .unwrap_or_default();
+        if is_http {
+            // Envoy would send a check without them (a broken request).
+            if let Some(p) = [":method", ":path", ":authority"]
+                .into_iter()
+                .find(|p| disallowed_headers.matches(p))
+            {
+                return Err(ConfigError::new(
+                    "disallowed_headers",
+                    format!("matches {p}, which an http_service check needs"),
+                ));
+            }
+        }
         let mut headers_to_add = Vec::new();
         for (i, h) in req.headers_to_add.iter().enumerate() {
             let field = format!("{rq}.headers_to_add[{i}]");
@@ -447,10 +500,12 @@ impl ExtAuthz {
         let upstream_headers = HeaderList::compile(
             resp.allowed_upstream_headers,
             &format!("{rs}.allowed_upstream_headers"),
+            true,
         )?;
         let upstream_headers_to_append = HeaderList::compile(
             resp.allowed_upstream_headers_to_append,
             &format!("{rs}.allowed_upstream_headers_to_append"),
+            true,
         )?;
         // The field that makes the answer edit request headers, if any.
         let answer_edits_headers = if upstream_headers.is_some() {
@@ -475,21 +530,21 @@ impl ExtAuthz {
             answer_edits_headers,
             transport,
             context_extensions: raw.context_extensions,
-            allowed_headers: HeaderList::compile(
-                req.allowed_headers,
-                &format!("{rq}.allowed_headers"),
-            )?
-            .unwrap_or_default(),
+            allowed_headers: top_allowed.or(http_allowed),
+            disallowed_headers,
+            encode_raw_headers: raw.encode_raw_headers,
             headers_to_add,
             upstream_headers: upstream_headers.unwrap_or_default(),
             upstream_headers_to_append: upstream_headers_to_append.unwrap_or_default(),
             client_headers: HeaderList::compile(
                 resp.allowed_client_headers,
                 &format!("{rs}.allowed_client_headers"),
+                true,
             )?,
             client_headers_on_success: HeaderList::compile(
                 resp.allowed_client_headers_on_success,
                 &format!("{rs}.allowed_client_headers_on_success"),
+                true,
             )?
             .unwrap_or_default(),
             failure_mode_allow: raw.failure_mode_allow,

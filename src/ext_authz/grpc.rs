@@ -6,9 +6,9 @@
 use super::cache::{DecisionKey, KeyHasher};
 use super::config::GrpcSettings;
 use super::proto::{
-    Address, AttributeContext, CheckRequest, CheckResponse, EnvoyGrpc, GrpcService,
-    HeaderValueOption, HttpRequest, ListValue, Metadata, Peer, Request, SocketAddress, Struct,
-    Timestamp, Value,
+    Address, AttributeContext, CheckRequest, CheckResponse, EnvoyGrpc, GrpcService, HeaderMap,
+    HeaderValue, HeaderValueOption, HttpRequest, ListValue, Metadata, Peer, Request, SocketAddress,
+    Struct, Timestamp, Value,
 };
 use super::{Allowed, AuthDecision, ErrorKind, ExtAuthz, PARTIAL_BODY_HEADER};
 use crate::callout::{GrpcCall, GrpcReply, GrpcTarget};
@@ -84,6 +84,15 @@ fn peer(address: Option<&str>) -> Option<Peer> {
     })
 }
 
+/// A `header_map` entry as Envoy writes it: the value only in `raw_value`.
+fn raw_header(name: &str, value: &str) -> HeaderValue {
+    HeaderValue {
+        key: name.to_string(),
+        value: String::new(),
+        raw_value: value.as_bytes().to_vec(),
+    }
+}
+
 /// A JSON value as `google.protobuf.Value`.
 pub fn to_value(v: &serde_json::Value) -> Value {
     use serde_json::Value as J;
@@ -141,8 +150,10 @@ fn value_to_json(v: &Value) -> serde_json::Value {
 
 impl ExtAuthz {
     /// The `CheckRequest` for this request, as Envoy's `ext_authz` builds
-    /// it: every request header (pseudo-headers included, names lowercase,
-    /// repeats joined with `,`), method, path, host, scheme, protocol, the
+    /// it: the request headers `allowed_headers` and `disallowed_headers`
+    /// let through (pseudo-headers included, names lowercase; repeats
+    /// joined with `,` in `headers`, or each its own `header_map` entry
+    /// with `encode_raw_headers`), method, path, host, scheme, protocol, the
     /// addresses, `context_extensions`, the verified JWT claims as
     /// `jwt_authn` metadata, and the body when configured.
     pub fn grpc_check_request(
@@ -156,19 +167,26 @@ impl ExtAuthz {
         // neither the body nor the partial-body header, even in body mode.
         let body = body.filter(|_| req.has_body());
         let mut headers: BTreeMap<String, String> = BTreeMap::new();
-        let pseudo = [
-            (":authority", req.authority()),
-            (":method", req.method()),
-            (":path", req.path()),
-            (":scheme", req.scheme()),
-        ];
-        let all = pseudo
-            .into_iter()
+        // `encode_raw_headers`: each value its own entry, in the request's
+        // order, pseudo-headers first (as Envoy iterates its header map).
+        let mut raw = self.encode_raw_headers.then(HeaderMap::default);
+        let all = req
+            .pseudo_headers()
             .filter(|(_, v)| !v.is_empty())
             .chain(req.headers().iter().map(|(k, v)| (k.as_str(), v.as_str())));
         for (name, value) in all {
             // A client's x-envoy-auth-partial-body never reaches the service.
-            if name == PARTIAL_BODY_HEADER {
+            if name == PARTIAL_BODY_HEADER
+                || self.disallowed_headers.matches(name)
+                || self
+                    .allowed_headers
+                    .as_ref()
+                    .is_some_and(|l| !l.matches(name))
+            {
+                continue;
+            }
+            if let Some(map) = &mut raw {
+                map.headers.push(raw_header(name, value));
                 continue;
             }
             headers
@@ -194,7 +212,13 @@ impl ExtAuthz {
             ..Default::default()
         };
         if let Some((bytes, partial)) = body {
-            headers.insert(PARTIAL_BODY_HEADER.to_string(), partial.to_string());
+            let flag = if partial { "true" } else { "false" };
+            match &mut raw {
+                Some(map) => map.headers.push(raw_header(PARTIAL_BODY_HEADER, flag)),
+                None => {
+                    headers.insert(PARTIAL_BODY_HEADER.to_string(), flag.to_string());
+                }
+            }
             if self
                 .with_request_body
                 .as_ref()
@@ -206,6 +230,7 @@ impl ExtAuthz {
             }
         }
         http.headers = headers;
+        http.header_map = raw;
         let mut jwt = Struct::default();
         for id in identities {
             jwt.fields
@@ -380,6 +405,8 @@ struct Varying {
     time: Option<Timestamp>,
     id: String,
     request_id_header: Option<String>,
+    /// `header_map` positions of `x-request-id` and their values.
+    request_id_raw: Vec<(usize, Vec<u8>)>,
     port: u32,
 }
 
@@ -391,6 +418,13 @@ fn take_varying(check: &mut CheckRequest) -> Varying {
             if let Some(http) = &mut request.http {
                 v.id = std::mem::take(&mut http.id);
                 v.request_id_header = http.headers.remove("x-request-id");
+                if let Some(map) = &mut http.header_map {
+                    for (i, h) in map.headers.iter_mut().enumerate() {
+                        if h.key == "x-request-id" {
+                            v.request_id_raw.push((i, std::mem::take(&mut h.raw_value)));
+                        }
+                    }
+                }
             }
         }
         let source = attributes.source.as_mut().and_then(|p| p.address.as_mut());
@@ -409,6 +443,13 @@ fn put_back_varying(check: &mut CheckRequest, v: Varying) {
                 http.id = v.id;
                 if let Some(value) = v.request_id_header {
                     http.headers.insert("x-request-id".to_string(), value);
+                }
+                if let Some(map) = &mut http.header_map {
+                    for (i, value) in v.request_id_raw {
+                        if let Some(h) = map.headers.get_mut(i) {
+                            h.raw_value = value;
+                        }
+                    }
                 }
             }
         }

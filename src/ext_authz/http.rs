@@ -51,7 +51,12 @@ impl ExtAuthz {
         ];
         for (name, value) in req.headers() {
             let implicit = matches!(name.as_str(), "authorization" | "host");
-            if (implicit || self.allowed_headers.matches(name)) && name != "content-length" {
+            let allowed = implicit
+                || self
+                    .allowed_headers
+                    .as_ref()
+                    .is_some_and(|l| l.matches(name));
+            if allowed && name != "content-length" && !self.disallowed_headers.matches(name) {
                 headers.push((name.clone(), value.clone()));
             }
         }

@@ -1026,4 +1026,181 @@ mod grpc_transport {
             AuthDecision::Allow(_)
         ));
     }
+
+    /// `encode_raw_headers`: Envoy's `header_map`, one entry per value in
+    /// the request's order (pseudo-headers first), the value as
+    /// `raw_value` bytes, `value` empty; `headers` stays empty.
+    #[test]
+    fn encode_raw_headers_sends_each_value_in_header_map() {
+        let cfg = grpc(json!({"encode_raw_headers": true,
+            "with_request_body": {"max_request_bytes": 8, "allow_partial_message": true}}));
+        let authz = cfg.ext_authz.as_ref().unwrap();
+        let r = grpc_request(&[
+            ("accept", "a"),
+            ("x-api-key", "k1"),
+            ("accept", "b"),
+            (PARTIAL_BODY_HEADER, "spoofed"),
+        ]);
+        let (check, _) = sent(authz, &r, Some((b"{}", false)));
+        let http = http_of(check);
+        assert!(http.headers.is_empty(), "{http:?}");
+        let map = http.header_map.unwrap();
+        let entries: Vec<(&str, &str, &[u8])> = map
+            .headers
+            .iter()
+            .map(|h| (h.key.as_str(), h.value.as_str(), h.raw_value.as_slice()))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (":method", "", b"POST".as_slice()),
+                (":path", "", b"/v1/chat?x=1"),
+                (":authority", "", b"gw.example"),
+                ("accept", "", b"a"),
+                ("x-api-key", "", b"k1"),
+                ("accept", "", b"b"),
+                (PARTIAL_BODY_HEADER, "", b"false"),
+            ]
+        );
+        // The field is sent even when no header is (Envoy creates it).
+        let cfg = grpc(json!({"encode_raw_headers": true,
+            "allowed_headers": {"patterns": []}}));
+        let (check, _) = sent(cfg.ext_authz.as_ref().unwrap(), &r, None);
+        assert_eq!(http_of(check).header_map, Some(proto::HeaderMap::default()));
+        // Off (the default): no header_map at all.
+        let (check, _) = sent(grpc(json!({})).ext_authz.as_ref().unwrap(), &r, None);
+        assert_eq!(http_of(check).header_map, None);
+    }
+
+    /// Envoy's top-level `allowed_headers` / `disallowed_headers` over
+    /// gRPC: disallowed first, then only the allowed (none added by
+    /// default), pseudo-headers included; patterns are case-sensitive
+    /// unless `ignore_case`. The request's own fields stay.
+    #[test]
+    fn allowed_and_disallowed_headers_choose_what_the_check_carries() {
+        let r = grpc_request(&[
+            ("x-api-key", "k1"),
+            ("x-secret", "s"),
+            ("x-internal-a", "i"),
+            ("accept", "a"),
+            ("user-agent", "u"),
+        ]);
+        let keys = |extra: Value, raw: bool| -> Vec<String> {
+            let mut extra = extra;
+            extra["encode_raw_headers"] = json!(raw);
+            let cfg = grpc(extra);
+            let (check, _) = sent(cfg.ext_authz.as_ref().unwrap(), &r, None);
+            let http = http_of(check);
+            assert_eq!(http.path, "/v1/chat?x=1");
+            assert_eq!(http.host, "gw.example");
+            assert_eq!(http.method, "POST");
+            match http.header_map {
+                Some(map) => map.headers.into_iter().map(|h| h.key).collect(),
+                None => http.headers.into_keys().collect(),
+            }
+        };
+        let both = json!({
+            "allowed_headers": {"patterns": [{"prefix": "x-"}, {"exact": ":path"},
+                {"exact": "ACCEPT", "ignore_case": true}]},
+            "disallowed_headers": {"patterns": [{"exact": "x-secret"},
+                {"safe_regex": {"regex": "x-internal-.*"}}]}
+        });
+        for raw in [false, true] {
+            let mut got = keys(both.clone(), raw);
+            got.sort();
+            assert_eq!(got, [":path", "accept", "x-api-key"], "raw: {raw}");
+            // Case-sensitive without ignore_case (names are lowercase).
+            let upper = json!({"allowed_headers": {"patterns": [{"exact": "X-Api-Key"}]}});
+            assert!(keys(upper, raw).is_empty(), "raw: {raw}");
+            // Disallowed alone: everything else goes.
+            let only_deny =
+                json!({"disallowed_headers": {"patterns": [{"prefix": ":"}, {"suffix": "-key"}]}});
+            let mut got = keys(only_deny, raw);
+            got.sort();
+            assert_eq!(
+                got,
+                ["accept", "user-agent", "x-internal-a", "x-secret"],
+                "raw: {raw}"
+            );
+        }
+        let bad = json!({"ext_authz": {"grpc_service": {"envoy_grpc": {"cluster_name": "a"}},
+            "disallowed_headers": {"patterns": [{"safe_regex": {"regex": "("}}]}}});
+        let e = FilterConfig::from_json(bad.to_string().as_bytes(), &|_: &str| None).unwrap_err();
+        assert!(
+            e.path
+                .starts_with("ext_authz.disallowed_headers.patterns[0]"),
+            "{e}"
+        );
+    }
+
+    /// With `header_map`, the decision cache still leaves the request id
+    /// out of the key, and the check sent keeps it.
+    #[test]
+    fn the_cache_key_leaves_out_the_request_id_in_header_map() {
+        let cfg = grpc(json!({"decision_cache": {"ttl": "30s"}, "encode_raw_headers": true}));
+        let authz = cfg.ext_authz.as_ref().unwrap();
+        let key =
+            |headers: &[(&str, &str)]| authz.check(&grpc_request(headers), &[], None, 1).1.unwrap();
+        let base = key(&[("x-api-key", "a"), ("x-request-id", "1")]);
+        assert_eq!(base, key(&[("x-api-key", "a"), ("x-request-id", "2")]));
+        assert_ne!(base, key(&[("x-api-key", "b"), ("x-request-id", "1")]));
+        let r = grpc_request(&[("x-request-id", "rid-7")]);
+        let (check, _) = sent(authz, &r, None);
+        let map = http_of(check).header_map.unwrap();
+        assert!(
+            map.headers
+                .iter()
+                .any(|h| h.key == "x-request-id" && h.raw_value == b"rid-7"),
+            "{map:?}"
+        );
+    }
+}
+
+/// Over HTTP, Envoy takes the top-level `allowed_headers` as it takes
+/// `authorization_request.allowed_headers` (refusing both at once) and
+/// leaves out `disallowed_headers`, the defaults (`authorization`) too.
+#[test]
+fn top_level_header_lists_over_http() {
+    let mut v = base(json!({
+        "allowed_headers": {"patterns": [{"exact": "x-api-key"}, {"exact": "X-Tenant-Id"}]},
+        "disallowed_headers": {"patterns": [{"exact": "authorization"}, {"prefix": "x-drop"}]}
+    }));
+    let both = v.clone();
+    v["http_service"]["authorization_request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("allowed_headers");
+    let cfg = config(v.clone());
+    let authz = cfg.ext_authz.as_ref().unwrap();
+    let r = req(&[
+        ("authorization", "Bearer t"),
+        ("x-api-key", "k"),
+        ("x-tenant-id", "acme"),
+        ("x-drop-me", "d"),
+    ]);
+    let call = http_check(authz, &r, None);
+    let h = &call.headers;
+    assert_eq!(header(h, "x-api-key"), Some("k"));
+    // Case-sensitive: `X-Tenant-Id` matches no (lowercase) name.
+    assert_eq!(header(h, "x-tenant-id"), None);
+    assert_eq!(header(h, "authorization"), None);
+    assert_eq!(header(h, "x-drop-me"), None);
+    assert_eq!(header(h, ":path"), Some("/check/v1/chat?x=1"));
+    let bad = |v: Value| {
+        FilterConfig::from_json(
+            &serde_json::to_vec(&json!({"ext_authz": v})).unwrap(),
+            &|_: &str| None,
+        )
+        .unwrap_err()
+    };
+    let e = bad(both);
+    assert_eq!(e.path, "ext_authz.allowed_headers", "{e}");
+    let mut pseudo = v.clone();
+    pseudo["disallowed_headers"] = json!({"patterns": [{"prefix": ":p"}]});
+    let e = bad(pseudo);
+    assert_eq!(e.path, "ext_authz.disallowed_headers", "{e}");
+    assert!(e.to_string().contains(":path"), "{e}");
+    let mut raw = v;
+    raw["encode_raw_headers"] = json!(true);
+    assert_eq!(bad(raw).path, "ext_authz.encode_raw_headers");
 }

@@ -141,8 +141,10 @@ impl Bench {
 }
 
 /// The pairs: fail closed, fail open, the body as `body` and as `raw_body`,
-/// and JWT claims in `metadata_context` (native: `jwt_authn` with
-/// `payload_in_metadata` before `ext_authz` with `metadata_context_namespaces`).
+/// JWT claims in `metadata_context` (native: `jwt_authn` with
+/// `payload_in_metadata` before `ext_authz` with `metadata_context_namespaces`),
+/// the headers as `header_map` (`encode_raw_headers`), the top-level
+/// `allowed_headers` / `disallowed_headers`, and all of it with a body.
 fn pairs(key: &TestKey) -> Vec<Pair> {
     let ctx = json!({"context_extensions": {"gateway": "ai", "tenant": "t1"}});
     let with_ctx = |extra: Value| {
@@ -154,6 +156,19 @@ fn pairs(key: &TestKey) -> Vec<Pair> {
     let body =
         json!({"with_request_body": {"max_request_bytes": 64, "allow_partial_message": true}});
     let bytes = json!({"with_request_body": {"max_request_bytes": 64, "allow_partial_message": true, "pack_as_bytes": true}});
+    let raw = json!({"encode_raw_headers": true});
+    // Pseudo-headers, a regex, `ignore_case` both ways: `X-Api-Key`
+    // (case-sensitive) matches nothing, so x-api-key is still sent.
+    let lists = json!({
+        "allowed_headers": {"patterns": [{"prefix": "x-"}, {"exact": ":authority"},
+            {"exact": ":path"}, {"exact": "User-Agent", "ignore_case": true}]},
+        "disallowed_headers": {"patterns": [{"exact": "x-remove-me"},
+            {"safe_regex": {"regex": "x-(plan|trace)"}}, {"exact": "X-Api-Key"},
+            {"suffix": "-MULTI", "ignore_case": true}]}
+    });
+    let mut raw_body = lists.clone();
+    merge(&mut raw_body, &raw);
+    merge(&mut raw_body, &body);
     let provider = json!({"issuer": ISS, "audiences": [AUD],
         "local_jwks": {"inline_string": jwks(&[key]).to_string()}});
     let rules = json!([{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]);
@@ -205,6 +220,24 @@ fn pairs(key: &TestKey) -> Vec<Pair> {
             ],
             ours: ours_jwt,
             body: false,
+        },
+        Pair {
+            name: "raw",
+            native: vec![native(&raw)],
+            ours: ours(&with_ctx(raw.clone())),
+            body: false,
+        },
+        Pair {
+            name: "lists",
+            native: vec![native(&lists)],
+            ours: ours(&with_ctx(lists.clone())),
+            body: false,
+        },
+        Pair {
+            name: "raw_body",
+            native: vec![native(&raw_body)],
+            ours: ours(&with_ctx(raw_body.clone())),
+            body: true,
         },
     ]
 }
@@ -279,22 +312,54 @@ fn answers() -> Vec<(&'static str, Value)> {
 
 /// A request's `CheckRequest` with what must differ between two listeners
 /// checked and taken out: the listener's port (in `host`, `:authority`,
-/// `destination`), the client's port, the request id and time.
+/// `destination`), the client's port, the request id and time. The
+/// entries of a `header_map` keep their order, their `raw_value` decoded.
 fn comparable_check(check: &Value, port: u16, side: &str) -> Value {
+    use base64::Engine;
     let mut c = check.clone();
     let a = &mut c["attributes"];
     let here = format!("127.0.0.1:{port}");
     let http = &mut a["request"]["http"];
     assert_eq!(http["host"], here.as_str(), "{side}: {check}");
-    assert_eq!(
-        http["headers"][":authority"],
-        here.as_str(),
-        "{side}: {check}"
-    );
-    let request_id = http["headers"]["x-request-id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let request_id = if http.get("header_map").is_some() {
+        // `encode_raw_headers`: no `headers` map; each value an entry,
+        // only in `raw_value`.
+        assert!(http.get("headers").is_none(), "{side}: {check}");
+        let entries = http["header_map"]["headers"].as_array_mut().unwrap();
+        for e in entries.iter_mut() {
+            assert!(e.get("value").is_none(), "{side}: {check}");
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(e["raw_value"].as_str().unwrap_or(""))
+                .unwrap();
+            e["raw_value"] = json!(String::from_utf8(raw).unwrap());
+        }
+        let value = |key: &str| -> Vec<String> {
+            entries
+                .iter()
+                .filter(|e| e["key"] == key)
+                .map(|e| e["raw_value"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(value(":authority"), [here.as_str()], "{side}: {check}");
+        let ids = value("x-request-id");
+        assert_eq!(ids.len(), 1, "{side}: {check}");
+        entries.retain(|e| e["key"] != ":authority" && e["key"] != "x-request-id");
+        ids.into_iter().next().unwrap()
+    } else {
+        assert_eq!(
+            http["headers"][":authority"],
+            here.as_str(),
+            "{side}: {check}"
+        );
+        let headers = http["headers"].as_object_mut().unwrap();
+        headers.remove(":authority");
+        headers
+            .remove("x-request-id")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert!(!request_id.is_empty(), "{side}: {check}");
     // Known difference: native's id is its stream id (a number), which
     // Envoy does not give a wasm filter; ours is the request's x-request-id.
@@ -307,9 +372,6 @@ fn comparable_check(check: &Value, port: u16, side: &str) -> Value {
     let obj = http.as_object_mut().unwrap();
     obj.remove("id");
     obj.remove("host");
-    let headers = obj["headers"].as_object_mut().unwrap();
-    headers.remove(":authority");
-    headers.remove("x-request-id");
     assert!(a["request"]["time"].as_str().is_some(), "{side}: {check}");
     a["request"].as_object_mut().unwrap().remove("time");
     let dst = &mut a["destination"]["address"]["socket_address"];
@@ -399,6 +461,11 @@ fn grpc_wire_native_and_ours_agree() {
         ("body", "POST", &large),
         ("bytes", "POST", &large),
         ("body", "GET", b""),
+        ("raw", "GET", b""),
+        ("raw", "POST", &small),
+        ("lists", "GET", b""),
+        ("raw_body", "POST", &small),
+        ("raw_body", "POST", &large),
     ];
     let mut known = Vec::new();
     let mut compared = 0;
@@ -434,6 +501,50 @@ fn grpc_wire_native_and_ours_agree() {
                 serde_json::to_string_pretty(&oc).unwrap(),
                 serde_json::to_string_pretty(&nc).unwrap()
             );
+            // The settings under test did act (the two agree on what).
+            let http = &nc["attributes"]["request"]["http"];
+            if pair.starts_with("raw") {
+                let entries = http["header_map"]["headers"].as_array().unwrap();
+                let keys: Vec<&str> = entries.iter().map(|e| e["key"].as_str().unwrap()).collect();
+                if pair == "raw" {
+                    // Repeats are not joined.
+                    let multi = keys.iter().filter(|k| **k == "x-multi").count();
+                    assert_eq!(multi, 2, "{what}: {http}");
+                }
+                if pair == "raw_body" && method == "POST" {
+                    assert_eq!(
+                        keys.last(),
+                        Some(&"x-envoy-auth-partial-body"),
+                        "{what}: {http}"
+                    );
+                }
+            }
+            if pair == "lists" || pair == "raw_body" {
+                let names: Vec<String> = match http["headers"].as_object() {
+                    Some(h) => h.keys().cloned().collect(),
+                    None => http["header_map"]["headers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["key"].as_str().unwrap().to_string())
+                        .collect(),
+                };
+                let has = |n: &str| names.iter().any(|k| k == n);
+                assert!(
+                    has("user-agent") && has("x-api-key") && has(":path"),
+                    "{what}: {http}"
+                );
+                for gone in [
+                    ":method",
+                    ":scheme",
+                    "x-plan",
+                    "x-trace",
+                    "x-remove-me",
+                    "x-multi",
+                ] {
+                    assert!(!has(gone), "{what}: {gone} in {http}");
+                }
+            }
             // What the client and the upstream saw.
             let (mut no, mut oo) = (comparable_outcome(&n, np), comparable_outcome(&o, op));
             let bare_403 = n.status == 403 && n.body.is_empty();
@@ -483,7 +594,8 @@ fn grpc_wire_native_and_ours_agree() {
             }
             let edits_request =
                 matches!(answer, "allow_with_edits" | "allow_rewrites_path_and_host");
-            if edits_request && (pair == "body" || pair == "bytes") && method == "POST" {
+            let body_mode = matches!(pair, "body" | "bytes" | "raw_body");
+            if edits_request && body_mode && method == "POST" {
                 // Known difference (README, with_request_body): Envoy's
                 // proxy-wasm host lets no filter edit request headers once
                 // it has read the body, so in body mode the answer's
