@@ -44,7 +44,8 @@ pub struct RawExtAuthz {
     rules: Vec<RawRule>,
     decision_cache: Option<RawDecisionCache>,
     /// gRPC: the request headers as `header_map` entries (one per value,
-    /// its bytes in `raw_value`) instead of the `headers` map.
+    /// its bytes in `raw_value`) instead of the `headers` map. HTTP: a
+    /// repeated header as its lines, not one joined with `,`.
     #[serde(default)]
     encode_raw_headers: bool,
     /// The request headers the check carries (gRPC: all when unset; HTTP:
@@ -287,7 +288,8 @@ pub struct ExtAuthz {
     pub allowed_headers: Option<HeaderList>,
     /// Request headers a check never carries.
     pub disallowed_headers: HeaderList,
-    /// gRPC: headers in `header_map` (`raw_value`), not in `headers`.
+    /// gRPC: headers in `header_map` (`raw_value`), not in `headers`;
+    /// HTTP: repeats not joined.
     pub encode_raw_headers: bool,
     /// The `http_service` lists below are empty for gRPC, whose service
     /// says per answer what to do with which header.
@@ -355,12 +357,6 @@ impl ExtAuthz {
         let rq = "http_service.authorization_request";
         let rs = "http_service.authorization_response";
         let is_http = matches!(transport, Transport::Http(_));
-        if raw.encode_raw_headers && is_http {
-            return Err(ConfigError::new(
-                "encode_raw_headers",
-                "only a grpc_service check carries header_map",
-            ));
-        }
         let top_allowed = HeaderList::compile(raw.allowed_headers, "allowed_headers", false)?;
         let http_allowed =
             HeaderList::compile(req.allowed_headers, &format!("{rq}.allowed_headers"), true)?;

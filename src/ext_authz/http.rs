@@ -56,8 +56,17 @@ impl ExtAuthz {
                     .allowed_headers
                     .as_ref()
                     .is_some_and(|l| l.matches(name));
-            if allowed && name != "content-length" && !self.disallowed_headers.matches(name) {
-                headers.push((name.clone(), value.clone()));
+            if !allowed || name == "content-length" || self.disallowed_headers.matches(name) {
+                continue;
+            }
+            // As Envoy: repeats joined with `,` (its CheckRequest's map),
+            // or each its own line with `encode_raw_headers`.
+            match headers.iter_mut().find(|(k, _)| k == name) {
+                Some((_, v)) if !self.encode_raw_headers => {
+                    v.push(',');
+                    v.push_str(value);
+                }
+                _ => headers.push((name.clone(), value.clone())),
             }
         }
         for (name, path) in &self.claims_to_headers {

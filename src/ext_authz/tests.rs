@@ -1158,7 +1158,8 @@ mod grpc_transport {
 
 /// Over HTTP, Envoy takes the top-level `allowed_headers` as it takes
 /// `authorization_request.allowed_headers` (refusing both at once) and
-/// leaves out `disallowed_headers`, the defaults (`authorization`) too.
+/// leaves out `disallowed_headers`, the defaults (`authorization`) too
+/// (tests/envoy/ext_authz_http.rs compares with native).
 #[test]
 fn top_level_header_lists_over_http() {
     let mut v = base(json!({
@@ -1200,7 +1201,19 @@ fn top_level_header_lists_over_http() {
     let e = bad(pseudo);
     assert_eq!(e.path, "ext_authz.disallowed_headers", "{e}");
     assert!(e.to_string().contains(":path"), "{e}");
+    // Repeats joined with `,` (Envoy's CheckRequest map), each its own
+    // line with encode_raw_headers (Envoy then copies its header_map).
+    let r = req(&[("x-api-key", "a"), ("accept", "x"), ("x-api-key", "b")]);
+    let values = |cfg: &FilterConfig| -> Vec<String> {
+        let call = http_check(cfg.ext_authz.as_ref().unwrap(), &r, None);
+        call.headers
+            .into_iter()
+            .filter(|(k, _)| k == "x-api-key")
+            .map(|(_, v)| v)
+            .collect()
+    };
+    assert_eq!(values(&config(v.clone())), ["a,b"]);
     let mut raw = v;
     raw["encode_raw_headers"] = json!(true);
-    assert_eq!(bad(raw).path, "ext_authz.encode_raw_headers");
+    assert_eq!(values(&config(raw)), ["a", "b"]);
 }

@@ -790,3 +790,122 @@ fn the_decision_cache_never_serves_one_callers_decision_to_another() {
     eprintln!("observed: {observed:#?}");
     assert!(wrong.is_empty(), "{wrong:#?}\n{observed:#?}");
 }
+
+/// Envoy's top-level `allowed_headers` / `disallowed_headers` and
+/// `encode_raw_headers` over HTTP: native `ext_authz` and ours, same
+/// settings, same auth service; the check requests carry the same client
+/// headers, the same way (Envoy 1.40: the top-level list replaces
+/// `authorization_request.allowed_headers`, case-sensitive; disallowed
+/// leaves out `authorization` too; repeats joined with `,`, or each its own
+/// line with `encode_raw_headers`).
+#[test]
+fn top_level_header_lists_and_raw_headers_as_native_sends_them() {
+    let lists = json!({
+        "allowed_headers": {"patterns": [{"prefix": "x-api"}, {"prefix": "x-d"},
+            {"exact": "x-multi"}, {"exact": "X-Tenant-Id"},
+            {"exact": "Accept", "ignore_case": true}]},
+        "disallowed_headers": {"patterns": [{"exact": "authorization"},
+            {"safe_regex": {"regex": "x-drop-.*"}}]}
+    });
+    let raw = json!({"encode_raw_headers": true,
+        "allowed_headers": {"patterns": [{"exact": "x-multi"}]}});
+    let joined = json!({"allowed_headers": {"patterns": [{"exact": "x-multi"}]}});
+    let cases = [("lists", lists), ("raw", raw), ("joined", joined)];
+    let service = json!({"server_uri": {"uri": "http://authz.local", "cluster": "ext_authz",
+        "timeout": "0.5s"}, "path_prefix": "/check"});
+    let mut listeners = Vec::new();
+    for (name, extra) in &cases {
+        let mut native = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "http_service": service});
+        let mut ours = json!({"http_service": service});
+        for (k, v) in extra.as_object().unwrap() {
+            native[k] = v.clone();
+            ours[k] = v.clone();
+        }
+        let native = json!({"name": "envoy.filters.http.ext_authz", "typed_config": native});
+        let ours = bootstrap::wasm_filter(&json!({ "ext_authz": ours }));
+        for (side, filter) in [("native", native), ("ours", ours)] {
+            listeners.push(bootstrap::listener(
+                &format!("{name}_{side}"),
+                vec![filter],
+                vec![bootstrap::route_to("upstream")],
+            ));
+        }
+    }
+    let auth = Server::start(|_| Action::status(200));
+    let Gateway {
+        envoy,
+        upstream: _upstream,
+    } = Gateway::start_listeners(
+        listeners,
+        vec![bootstrap::cluster("ext_authz", auth.port)],
+        &Options::default(),
+    );
+    let sent = [
+        ("authorization", "Bearer t"),
+        ("x-api-key", "k"),
+        ("x-tenant-id", "acme"),
+        ("accept", "application/json"),
+        ("x-drop-me", "d"),
+        ("x-multi", "a"),
+        ("x-multi", "b"),
+        ("user-agent", "ua"),
+    ];
+    // The client's headers as the service got them, in order.
+    let seen = |listener: &str| -> Vec<(String, String)> {
+        auth.clear();
+        let r = http::get(envoy.port(listener), "/v1/chat", &sent).unwrap();
+        assert_eq!(r.status, 200, "{listener}: {}", r.text());
+        let check = auth
+            .last()
+            .unwrap_or_else(|| panic!("{listener}: no check"));
+        assert_eq!(check.path, "/check/v1/chat", "{listener}");
+        check
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .filter(|(k, _)| sent.iter().any(|(n, _)| n == k))
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let expected = [
+        (
+            "lists",
+            pairs(&[
+                ("x-api-key", "k"),
+                ("accept", "application/json"),
+                ("x-multi", "a,b"),
+            ]),
+        ),
+        (
+            "raw",
+            pairs(&[
+                ("authorization", "Bearer t"),
+                ("x-multi", "a"),
+                ("x-multi", "b"),
+            ]),
+        ),
+        (
+            "joined",
+            pairs(&[("authorization", "Bearer t"), ("x-multi", "a,b")]),
+        ),
+    ];
+    for (name, want) in expected {
+        let (native, ours) = (
+            seen(&format!("{name}_native")),
+            seen(&format!("{name}_ours")),
+        );
+        let sorted = |mut v: Vec<(String, String)>| {
+            v.sort();
+            v
+        };
+        // Native's order is its map's; only what and how is compared.
+        assert_eq!(sorted(native.clone()), sorted(want), "{name}: native");
+        assert_eq!(sorted(ours), sorted(native), "{name}: ours");
+    }
+}
