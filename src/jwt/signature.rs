@@ -128,7 +128,7 @@ impl KeyMaterial {
     pub fn prepared(self) -> Self {
         match self {
             KeyMaterial::P256(k) => KeyMaterial::P256(Box::new(P256Key {
-                prepared: Some(super::es256::PreparedKey::new(&k.key)),
+                prepared: super::es256::PreparedKey::new(&k.key),
                 key: k.key,
             })),
             other => other,
