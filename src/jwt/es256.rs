@@ -5,29 +5,32 @@
 //! `G`): each scalar splits into eight 32-bit parts, and one interleaved
 //! (Straus) wNAF pass over sixteen bases needs 32 doublings.
 //!
-//! The pass runs in Jacobian coordinates on `p256`'s own field arithmetic
-//! (issue 14): mixed additions of affine table points (7M + 4S) and a = -3
-//! doublings (3M + 5S) instead of the crate's complete projective formulas
-//! (12M and 8M + 3S, each with two more multiplications by `b`), and no
-//! inversion at the end: `x(R) = X/Z²`, so `r·Z² == X` (or `(r + n)·Z² == X`
-//! when `r + n < p`) is checked instead. All of it is variable time, which
-//! is fine here: a verification handles public data only. The formulas'
-//! exceptional cases (adding a point to itself or to its negation, the
-//! identity) are handled explicitly; the tests check the verdicts against
-//! the crate's own verifier, Wycheproof included, and the points against
-//! the crate's arithmetic.
+//! The pass (issue 14) runs in Jacobian coordinates: mixed additions of
+//! affine table points (7M + 4S) and a = -3 doublings (3M + 5S) instead of
+//! `p256`'s complete projective formulas (12M and 8M + 3S, each with two
+//! more multiplications by `b`), and no inversion at the end: `x(R) = X/Z²`,
+//! so `r·Z² == X` (or `(r + n)·Z² == X` when `r + n < p`) is checked
+//! instead. Its field arithmetic is our own (`es256_field.rs`: 32-bit words
+//! and NIST's reduction, where `p256`'s 64-bit limbs cost a call per product
+//! on wasm32). All of it is variable time, which is fine here: a
+//! verification handles public data only. The formulas' exceptional cases
+//! (adding a point to itself or to its negation, the identity) are handled
+//! explicitly; the tests check the verdicts against the crate's own
+//! verifier, Wycheproof included, and the points and field operations
+//! against the crate's arithmetic. Scalars, hashing and the tables' set-up
+//! stay the crate's.
 
-use p256::elliptic_curve::ff::{Field, PrimeField};
+use p256::elliptic_curve::ff::PrimeField;
 use p256::elliptic_curve::group::Group;
-use p256::elliptic_curve::hazmat::FieldArithmetic;
 use p256::elliptic_curve::ops::Reduce;
 use p256::elliptic_curve::point::{AffineCoordinates, BatchNormalize};
-use p256::{AffinePoint, FieldBytes, NistP256, ProjectivePoint, Scalar};
+use p256::{AffinePoint, FieldBytes, ProjectivePoint, Scalar};
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
-/// An element of P-256's base field (the crate's Montgomery arithmetic).
-type Fe = <NistP256 as FieldArithmetic>::FieldElement;
+#[path = "es256_field.rs"]
+mod field;
+use field::Fe;
 
 /// Window of the wNAF digits: odd digits up to ±(2^(W-1) - 1), so each
 /// table holds the odd multiples 1·P, 3·P, .., (2^(W-1) - 1)·P.
@@ -126,23 +129,23 @@ impl Jacobian {
         if self.is_identity() {
             return false;
         }
-        let r_bytes = r.to_repr();
+        let r_bytes: [u8; 32] = r.to_repr().into();
         // `r < n < p`: a field element as it is.
-        let Some(r_fe) = Option::<Fe>::from(Fe::from_repr(r_bytes)) else {
+        let Some(r_fe) = Fe::from_be_bytes(&r_bytes) else {
             return false;
         };
         let zz = self.z.square();
         if r_fe * zz == self.x {
             return true;
         }
-        r_bytes.as_slice() < P_MINUS_N.as_slice() && (r_fe + order()) * zz == self.x
+        r_bytes < P_MINUS_N && (r_fe + order()) * zz == self.x
     }
 }
 
 /// The group order `n` as a field element (`n < p`).
 fn order() -> Fe {
-    let n = FieldBytes::from(*b"\xff\xff\xff\xff\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\xbc\xe6\xfa\xad\xa7\x17\x9e\x84\xf3\xb9\xca\xc2\xfc\x63\x25\x51");
-    Option::from(Fe::from_repr(n)).unwrap_or(Fe::ZERO)
+    let n = b"\xff\xff\xff\xff\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\xbc\xe6\xfa\xad\xa7\x17\x9e\x84\xf3\xb9\xca\xc2\xfc\x63\x25\x51";
+    Fe::from_be_bytes(n).unwrap_or(Fe::ZERO)
 }
 
 /// A point's tables: the odd multiples of `P`, `2^32·P`, .., `2^224·P`.
@@ -186,8 +189,8 @@ fn affine_coordinates(p: &AffinePoint) -> Option<Affine> {
         return None;
     }
     Some(Affine {
-        x: Option::from(Fe::from_repr(p.x()))?,
-        y: Option::from(Fe::from_repr(p.y()))?,
+        x: Fe::from_be_bytes(&p.x().into())?,
+        y: Fe::from_be_bytes(&p.y().into())?,
     })
 }
 
@@ -351,7 +354,7 @@ mod tests {
 
     #[test]
     fn p_minus_n_is_p_minus_n() {
-        let p_minus_n = Option::<Fe>::from(Fe::from_repr(FieldBytes::from(P_MINUS_N))).unwrap();
+        let p_minus_n = Fe::from_be_bytes(&P_MINUS_N).unwrap();
         assert_eq!(p_minus_n + order(), Fe::ZERO);
         assert_ne!(order(), Fe::ZERO);
     }
@@ -361,9 +364,12 @@ mod tests {
         if p.is_identity() {
             return ProjectivePoint::IDENTITY;
         }
-        let zinv = p.z.invert().unwrap();
-        let x = p.x * zinv.square();
-        let y = p.y * zinv.square() * zinv;
+        use p256::elliptic_curve::hazmat::FieldArithmetic;
+        type Theirs = <p256::NistP256 as FieldArithmetic>::FieldElement;
+        let theirs = |a: Fe| Theirs::from_repr(FieldBytes::from(a.to_be_bytes())).unwrap();
+        let zinv = theirs(p.z).invert().unwrap();
+        let x = theirs(p.x) * zinv.square();
+        let y = theirs(p.y) * zinv.square() * zinv;
         let a = AffinePoint::from_coordinates(&x.to_repr(), &y.to_repr()).unwrap();
         ProjectivePoint::from(a)
     }
