@@ -4,8 +4,9 @@
 //! - RS*/PS*: our own `rsa` module on `montgomery`, the modulus prepared
 //!   (Montgomery form) once per key.
 //! - EdDSA: `ed25519-dalek`, strict verification.
-//! - ES256/ES384/ES512: RustCrypto's `p256`/`p384`/`p521`; a JWKS P-256 key
-//!   gets per-key tables (`es256`), a one-off key (a DPoP proof's) does not.
+//! - ES256: our own pass (`es256`) on RustCrypto's `p256` keys and scalars;
+//!   a JWKS key gets per-key tables, a one-off key (a DPoP proof's) a small
+//!   table per call. ES384/ES512: RustCrypto's `p384`/`p521`.
 //! - HS*: RustCrypto's `hmac`, constant-time tag comparison.
 //!
 //! Our own code has already parsed the token strictly and checked the claims
@@ -194,7 +195,7 @@ impl KeyMaterial {
             (KeyMaterial::Rsa(k), PS512) => k.verify_pss(RsaHash::Sha512, signing_input, signature),
             (KeyMaterial::P256(k), ES256) => match &k.prepared {
                 Some(prepared) => prepared.verify(signing_input, signature),
-                None => verify_p256(&k.key, signing_input, signature),
+                None => super::es256::verify_one_off(&k.key, signing_input, signature),
             },
             (KeyMaterial::P384(k), ES384) => verify_p384(k, signing_input, signature),
             (KeyMaterial::P521(k), ES512) => verify_p521(k, signing_input, signature),
@@ -211,14 +212,6 @@ impl KeyMaterial {
             _ => false,
         }
     }
-}
-
-/// ES256 per RFC 7518 3.4: SHA-256, signature is R || S, 32 bytes each.
-pub fn verify_p256(key: &p256::ecdsa::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
-    use p256::ecdsa::signature::Verifier;
-    signature.len() == 64
-        && p256::ecdsa::Signature::from_slice(signature)
-            .is_ok_and(|sig| key.verify(message, &sig).is_ok())
 }
 
 /// ES384 per RFC 7518 3.4: SHA-384, signature is R || S, 48 bytes each.

