@@ -15,6 +15,7 @@
 
 use crate::secret::Secret;
 use crate::vocab::hex::{encode as hex, encode_upper, percent_decode};
+use crate::vocab::sort_pairs;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
@@ -184,7 +185,7 @@ pub fn canonical_uri(path: &str) -> String {
 
 /// The canonical query string: parameters decoded, encoded again, sorted.
 pub fn canonical_query(query: &str) -> String {
-    let mut pairs: Vec<(String, String)> = query
+    let pairs: Vec<(String, String)> = query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
@@ -196,8 +197,9 @@ pub fn canonical_query(query: &str) -> String {
             (n, v)
         })
         .collect();
-    pairs.sort();
-    pairs
+    let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
+    sort_pairs(&mut sorted, true);
+    sorted
         .iter()
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
@@ -220,12 +222,14 @@ fn canonical_headers(headers: &[(String, String)]) -> (String, String) {
             None => merged.push((name, vec![value])),
         }
     }
-    merged.sort_by(|a, b| a.0.cmp(&b.0));
-    let block: String = merged
-        .iter()
-        .map(|(n, v)| format!("{n}:{}\n", v.join(",")))
+    let joined: Vec<(String, String)> = merged
+        .into_iter()
+        .map(|(n, v)| (n, v.join(",")))
         .collect();
-    let names = merged
+    let mut sorted: Vec<&(String, String)> = joined.iter().collect();
+    sort_pairs(&mut sorted, false);
+    let block: String = sorted.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
+    let names = sorted
         .iter()
         .map(|(n, _)| n.as_str())
         .collect::<Vec<_>>()

@@ -9,6 +9,7 @@ use crate::callout::{CalloutRequest, CalloutResponse};
 use crate::jwt::claims::header_value;
 use crate::jwt::Identity;
 use crate::request::RequestView;
+use crate::vocab::sort_pairs;
 
 /// Response headers never copied from the auth service's answer.
 const HOP_BY_HOP: [&str; 8] = [
@@ -107,7 +108,7 @@ impl ExtAuthz {
         let mut h = KeyHasher::new(cfg.secret.as_ref()?, "http")?;
         h.field(check.cluster.as_bytes());
         let mut headers: Vec<&(String, String)> = check.headers.iter().collect();
-        headers.sort_by(|a, b| a.0.cmp(&b.0));
+        sort_pairs(&mut headers, false);
         for (name, value) in headers {
             h.field(name.as_bytes());
             h.field(value.as_bytes());
