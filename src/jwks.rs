@@ -333,7 +333,10 @@ fn body_of(slot: &Slot, reply: &CalloutResponse, what: &str) -> Result<String, S
 
 fn discovery(slot: &Slot, reply: &CalloutResponse) -> Result<Fetched, String> {
     let text = body_of(slot, reply, "discovery")?;
-    let doc: Value = serde_json::from_str(&text).map_err(|_| "discovery: not JSON".to_string())?;
+    // from_slice, as every runtime parse: each serde_json reader type is
+    // another copy of the parser in the .wasm (issue 14).
+    let doc: Value =
+        serde_json::from_slice(text.as_bytes()).map_err(|_| "discovery: not JSON".to_string())?;
     if let Some(expected) = &slot.issuer {
         if doc.get("issuer").and_then(Value::as_str) != Some(expected.as_str()) {
             return Err("discovery: its issuer is not the provider's".into());

@@ -213,7 +213,10 @@ pub struct LoadedJwks {
 /// SHOULD be ignored); only a document that is not a JWKS, or a JWKS with no
 /// usable key at all, is an error.
 pub fn parse_jwks(text: &str) -> Result<LoadedJwks, String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    // from_slice, as every runtime parse: each serde_json reader type is
+    // another copy of the parser in the .wasm (issue 14).
+    let doc: Value =
+        serde_json::from_slice(text.as_bytes()).map_err(|e| format!("not valid JSON: {e}"))?;
     let entries = doc
         .get("keys")
         .and_then(Value::as_array)
