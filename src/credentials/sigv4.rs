@@ -222,10 +222,7 @@ fn canonical_headers(headers: &[(String, String)]) -> (String, String) {
             None => merged.push((name, vec![value])),
         }
     }
-    let joined: Vec<(String, String)> = merged
-        .into_iter()
-        .map(|(n, v)| (n, v.join(",")))
-        .collect();
+    let joined: Vec<(String, String)> = merged.into_iter().map(|(n, v)| (n, v.join(","))).collect();
     let mut sorted: Vec<&(String, String)> = joined.iter().collect();
     sort_pairs(&mut sorted, false);
     let block: String = sorted.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();

@@ -6,9 +6,9 @@ use crate::callout::GrpcTarget;
 use crate::response::is_valid_header_value;
 use crate::route::{RawRouteMatch, RawStringMatcher, RouteMatch, StringMatcher};
 use crate::vocab::{
-    duration, header_name, ConfigError, DataSource, Environment, HttpUri, RawHttpUri,
+    duration, header_name, ConfigError, DataSource, Environment, HttpUri, Json, RawHttpUri,
 };
-use serde::Deserialize;
+use serde::{de::Error as _, Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,12 +128,37 @@ struct RawHeaderValue {
 }
 
 /// Envoy's `HttpStatus` (`{"code": 503}`), or a bare number.
-#[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(untagged)]
+#[derive(Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), serde(untagged))]
 enum RawHttpStatus {
     Code(u16),
     Object { code: u16 },
+}
+
+/// What `#[serde(untagged)]` accepted (other members of the object ignored)
+/// and its error, written out because serde's untagged buffering costs the
+/// `.wasm` several KB (issue 14).
+impl<'de> Deserialize<'de> for RawHttpStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = |v: &Json| match v {
+            Json::U64(n) => u16::try_from(*n).ok(),
+            _ => None,
+        };
+        let found = match &Json::deserialize(d)? {
+            v @ Json::U64(_) => code(v).map(RawHttpStatus::Code),
+            Json::Obj(members) => {
+                let mut codes = members.iter().filter(|(k, _)| k == "code");
+                match (codes.next(), codes.next()) {
+                    (Some((_, v)), None) => code(v).map(|code| RawHttpStatus::Object { code }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        found.ok_or_else(|| {
+            D::Error::custom("data did not match any variant of untagged enum RawHttpStatus")
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -598,5 +623,58 @@ impl GrpcSettings {
             initial_metadata,
             target,
         })
+    }
+}
+
+#[cfg(test)]
+mod raw_http_status_tests {
+    use super::RawHttpStatus;
+
+    #[test]
+    fn reads_what_the_untagged_derive_read() {
+        mod derived {
+            #[derive(serde::Deserialize)]
+            #[serde(untagged)]
+            pub enum RawHttpStatus {
+                Code(u16),
+                Object { code: u16 },
+            }
+        }
+        let inputs = [
+            "503",
+            "0",
+            "65535",
+            "65536",
+            "-1",
+            "5.0",
+            "\"503\"",
+            "null",
+            "true",
+            "[]",
+            "[503]",
+            "[503, 1]",
+            "[\"503\"]",
+            "{}",
+            r#"{"code": 503}"#,
+            r#"{"code": 503, "other": [1]}"#,
+            r#"{"code": 503, "code": 503}"#,
+            r#"{"code": 70000}"#,
+            r#"{"code": "503"}"#,
+            r#"{"status": 503}"#,
+        ];
+        let theirs = |s: derived::RawHttpStatus| match s {
+            derived::RawHttpStatus::Code(c) => format!("{:?}", RawHttpStatus::Code(c)),
+            derived::RawHttpStatus::Object { code } => {
+                format!("{:?}", RawHttpStatus::Object { code })
+            }
+        };
+        for input in inputs {
+            assert_eq!(
+                crate::vocab::parse_json::<RawHttpStatus>(input.as_bytes())
+                    .map(|s| format!("{s:?}")),
+                crate::vocab::parse_json::<derived::RawHttpStatus>(input.as_bytes()).map(theirs),
+                "{input}"
+            );
+        }
     }
 }

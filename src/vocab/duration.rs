@@ -1,15 +1,31 @@
 //! Durations as Envoy's JSON writes them (`"1.5s"`, `"200ms"` is not proto JSON
 //! but is accepted too), or a plain number of seconds.
 
-use serde::{Deserialize, Deserializer};
+use super::Json;
+use serde::{de::Error as _, Deserialize, Deserializer};
 use std::time::Duration;
 
-#[derive(Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(untagged)]
+// A number of seconds or a string, as `#[serde(untagged)]` would read them
+// (and with its error), written out because serde's untagged buffering
+// costs the `.wasm` several KB (issue 14).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), serde(untagged))]
 pub(crate) enum RawDuration {
     Seconds(f64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Json::deserialize(d)? {
+            Json::U64(n) => Ok(RawDuration::Seconds(n as f64)),
+            Json::I64(n) => Ok(RawDuration::Seconds(n as f64)),
+            Json::F64(n) => Ok(RawDuration::Seconds(n)),
+            Json::Str(s) => Ok(RawDuration::Text(s)),
+            _ => Err(D::Error::custom(
+                "data did not match any variant of untagged enum RawDuration",
+            )),
+        }
+    }
 }
 
 /// Parses `"10s"`, `"0.5s"`, `"250ms"`, `"5m"`, `"1h"` or a number of seconds.
@@ -55,6 +71,48 @@ pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_duration_reads_what_the_untagged_derive_read() {
+        mod derived {
+            #[derive(serde::Deserialize)]
+            #[serde(untagged)]
+            pub enum RawDuration {
+                Seconds(f64),
+                Text(String),
+            }
+        }
+        let ours = |r: RawDuration| match r {
+            RawDuration::Seconds(s) => format!("seconds {s}"),
+            RawDuration::Text(t) => format!("text {t}"),
+        };
+        let theirs = |r: derived::RawDuration| match r {
+            derived::RawDuration::Seconds(s) => format!("seconds {s}"),
+            derived::RawDuration::Text(t) => format!("text {t}"),
+        };
+        let inputs = [
+            "0",
+            "1",
+            "-3",
+            "1.5",
+            "18446744073709551615",
+            "\"5s\"",
+            "\"\"",
+            "null",
+            "true",
+            "[]",
+            "[1]",
+            "{}",
+            r#"{"a": 1}"#,
+        ];
+        for input in inputs {
+            assert_eq!(
+                crate::vocab::parse_json::<RawDuration>(input.as_bytes()).map(ours),
+                crate::vocab::parse_json::<derived::RawDuration>(input.as_bytes()).map(theirs),
+                "{input}"
+            );
+        }
+    }
 
     #[test]
     fn parses_envoy_durations() {

@@ -15,6 +15,7 @@ pub mod unique_map;
 
 pub use error::{parse_json, ConfigError};
 pub use http_uri::{callout_timeout, split_uri, HttpUri, RawHttpUri};
+pub(crate) use json_tree::Json;
 pub use quote::{quote, quote_bytes, MAX_QUOTED_CHARS};
 use serde::Deserialize;
 

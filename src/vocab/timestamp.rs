@@ -1,14 +1,29 @@
 //! Points in time in the configuration (an API key's `expires_at`): an RFC
 //! 3339 timestamp such as `"2026-06-30T00:00:00Z"`, or Unix seconds.
 
-use serde::Deserialize;
+use super::Json;
+use serde::{de::Error as _, Deserialize, Deserializer};
 
-#[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(untagged)]
+// Unix seconds or a string, as `#[serde(untagged)]` would read them (and
+// with its error), written out because serde's untagged buffering costs
+// the `.wasm` several KB (issue 14).
+#[derive(Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), serde(untagged))]
 pub enum RawTimestamp {
     Seconds(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawTimestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Json::deserialize(d)? {
+            Json::U64(n) => Ok(RawTimestamp::Seconds(n)),
+            Json::Str(s) => Ok(RawTimestamp::Text(s)),
+            _ => Err(D::Error::custom(
+                "data did not match any variant of untagged enum RawTimestamp",
+            )),
+        }
+    }
 }
 
 impl RawTimestamp {
@@ -110,6 +125,45 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_timestamp_reads_what_the_untagged_derive_read() {
+        mod derived {
+            #[derive(serde::Deserialize)]
+            #[serde(untagged)]
+            pub enum RawTimestamp {
+                Seconds(u64),
+                Text(String),
+            }
+        }
+        let inputs = [
+            "0",
+            "1782777600",
+            "-1",
+            "1.5",
+            "18446744073709551615",
+            "\"2026-06-30T00:00:00Z\"",
+            "\"\"",
+            "null",
+            "false",
+            "[]",
+            "[1]",
+            "{}",
+            r#"{"a": 1}"#,
+        ];
+        let theirs = |t: derived::RawTimestamp| match t {
+            derived::RawTimestamp::Seconds(n) => format!("{:?}", RawTimestamp::Seconds(n)),
+            derived::RawTimestamp::Text(t) => format!("{:?}", RawTimestamp::Text(t)),
+        };
+        for input in inputs {
+            assert_eq!(
+                crate::vocab::parse_json::<RawTimestamp>(input.as_bytes())
+                    .map(|t| format!("{t:?}")),
+                crate::vocab::parse_json::<derived::RawTimestamp>(input.as_bytes()).map(theirs),
+                "{input}"
+            );
+        }
+    }
 
     #[test]
     fn rfc3339_timestamps() {
