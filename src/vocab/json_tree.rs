@@ -95,6 +95,23 @@ impl Error {
         self
     }
 
+    // The error paths of the accessors below, out of line: the accessors
+    // are compiled once per field type (about 150 copies), these once.
+    #[inline(never)]
+    fn at_key(self, key: &str) -> Self {
+        self.at(Segment::Key(key.to_string()))
+    }
+
+    #[inline(never)]
+    fn at_index(self, index: usize) -> Self {
+        self.at(Segment::Index(index))
+    }
+
+    #[inline(never)]
+    fn no_key() -> Self {
+        de::Error::custom("a value without its key")
+    }
+
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -267,9 +284,10 @@ impl<'de> de::SeqAccess<'de> for Seq<'_> {
         };
         let index = self.index;
         self.index += 1;
-        seed.deserialize(item)
-            .map(Some)
-            .map_err(|e| e.at(Segment::Index(index)))
+        match seed.deserialize(item) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => Err(e.at_index(index)),
+        }
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -295,17 +313,19 @@ impl<'de> de::MapAccess<'de> for Map<'_> {
         self.key = Some(member);
         let key: de::value::StrDeserializer<'_, Error> = member.0.as_str().into_deserializer();
         // An unknown field is refused at its key: the path names it.
-        seed.deserialize(key)
-            .map(Some)
-            .map_err(|e| e.at(Segment::Key(member.0.clone())))
+        match seed.deserialize(key) {
+            Ok(k) => Ok(Some(k)),
+            Err(e) => Err(e.at_key(&member.0)),
+        }
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
-        match self.key.take() {
-            Some((key, value)) => seed
-                .deserialize(value)
-                .map_err(|e| e.at(Segment::Key(key.clone()))),
-            None => Err(de::Error::custom("a value without its key")),
+        let Some((key, value)) = self.key.take() else {
+            return Err(Error::no_key());
+        };
+        match seed.deserialize(value) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(e.at_key(key)),
         }
     }
 
@@ -359,7 +379,7 @@ impl<'de> de::VariantAccess<'de> for Variant<'_> {
 
 impl Variant<'_> {
     fn under(&self, e: Error) -> Error {
-        e.at(Segment::Key(self.variant.to_string()))
+        e.at_key(self.variant)
     }
 }
 
