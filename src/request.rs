@@ -17,8 +17,9 @@ pub struct RequestView {
     scheme: String,
     /// The pseudo-headers above in the order the request had them (Envoy's
     /// header map keeps them first, in arrival order; a gRPC check with
-    /// `encode_raw_headers` lists them in that order).
-    pseudo_order: Vec<&'static str>,
+    /// `encode_raw_headers` lists them in that order). A fixed array: no
+    /// allocation per request for what only that check reads.
+    pseudo_order: [Option<&'static str>; 4],
     headers: Vec<(String, String)>,
     /// The Envoy cluster the route chose, when the host provided it.
     cluster: Option<String>,
@@ -56,8 +57,10 @@ impl RequestView {
             };
             *slot = value;
             if let Some(p) = PSEUDO.into_iter().find(|p| *p == name) {
-                if !view.pseudo_order.contains(&p) {
-                    view.pseudo_order.push(p);
+                if !view.pseudo_order.contains(&Some(p)) {
+                    if let Some(free) = view.pseudo_order.iter_mut().find(|s| s.is_none()) {
+                        *free = Some(p);
+                    }
                 }
             }
         }
@@ -136,9 +139,10 @@ impl RequestView {
     pub fn pseudo_headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         let missing = PSEUDO
             .into_iter()
-            .filter(|p| !self.pseudo_order.contains(p));
+            .filter(|p| !self.pseudo_order.contains(&Some(*p)));
         self.pseudo_order
             .iter()
+            .flatten()
             .copied()
             .chain(missing)
             .map(|p| match p {
